@@ -1,0 +1,91 @@
+"""Byzantine attack simulators for tests and benchmarks (ALGORITHMS.md §5).
+
+``apply_attack(name, grads, byzantine)`` returns a copy of grads [n, d] whose
+rows listed in ``byzantine`` are replaced by what an attacker sends. Each
+attack computes from the attackers' own honest gradients (the rows it
+replaces), never from the honest workers' rows; randomness comes only from the
+given generator.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+AttackFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def _std(rows: torch.Tensor) -> torch.Tensor:
+    """Per-coordinate std with Bessel's correction; 0 for a single row (nothing to spread)."""
+    return rows.std(dim=0) if rows.shape[0] > 1 else torch.zeros_like(rows[0])
+
+
+def random_uniform(own: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each attacker sends U[0, 1)^d."""
+    return torch.rand(own.shape, generator=gen, dtype=own.dtype)
+
+
+def reverse(own: torch.Tensor, gen: torch.Generator, scale: float = 10.0) -> torch.Tensor:
+    """Each attacker sends -10 x its own gradient."""
+    return -scale * own
+
+
+def sign_flip(own: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each attacker sends its own gradient negated."""
+    return -own
+
+
+def little_is_enough(own: torch.Tensor, gen: torch.Generator, z: float = 0.21) -> torch.Tensor:
+    """"A little is enough" (Baruch et al. 2019): all send mean - z std of the attackers' gradients."""
+    return (own.mean(dim=0) - z * _std(own)).expand_as(own).clone()
+
+
+def fall_of_empires(own: torch.Tensor, gen: torch.Generator, scale: float = 0.1) -> torch.Tensor:
+    """"Fall of empires" (Xie et al. 2020): all send -0.1 x the attackers' mean gradient."""
+    return (-scale * own.mean(dim=0)).expand_as(own).clone()
+
+
+def gaussian_noise(own: torch.Tensor, gen: torch.Generator, std: float = 100.0) -> torch.Tensor:
+    """Each attacker sends N(0, std^2 I) noise."""
+    return std * torch.randn(own.shape, generator=gen, dtype=own.dtype)
+
+
+def dropped_coordinates(own: torch.Tensor, gen: torch.Generator, fraction: float = 0.5) -> torch.Tensor:
+    """Each attacker sends its own gradient with a random ``fraction`` of coordinates zeroed."""
+    keep = torch.rand(own.shape, generator=gen) >= fraction
+    return own * keep.to(own.dtype)
+
+
+ATTACKS: dict[str, AttackFn] = {
+    "random": random_uniform,
+    "reverse": reverse,
+    "sign_flip": sign_flip,
+    "little_is_enough": little_is_enough,
+    "fall_of_empires": fall_of_empires,
+    "gaussian": gaussian_noise,
+    "dropped_coordinates": dropped_coordinates,
+}
+
+
+def apply_attack(
+    name: str,
+    grads: torch.Tensor,
+    byzantine: Sequence[int],
+    generator: torch.Generator | None = None,
+    **params,
+) -> torch.Tensor:
+    """Copy of grads [n, d] with the ``byzantine`` rows replaced by attack ``name``."""
+    if name not in ATTACKS:
+        raise ValueError(f"learner.byzantine.attack: unknown attack {name!r}; choose one of {sorted(ATTACKS)}")
+    n = grads.shape[0]
+    idx = sorted(set(int(i) for i in byzantine))
+    if any(not 0 <= i < n for i in idx):
+        raise ValueError(f"learner.byzantine.ranks: ranks {idx} out of range for {n} workers")
+    out = grads.clone()
+    if not idx:
+        return out
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    sent = ATTACKS[name](grads[idx].cpu(), gen, **params)
+    out[idx] = sent.to(device=grads.device, dtype=grads.dtype)
+    return out

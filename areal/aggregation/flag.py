@@ -1,0 +1,142 @@
+"""Flag Aggregator (Almasi et al., "Flag Aggregator: Scalable Distributed Training
+under Failures and Augmented Losses using Convex Optimization"); ALGORITHMS.md §5.
+
+The p normalised gradients x_i are summarised by an m-dimensional subspace Y
+that minimises E(Y) = sum_i sqrt(1 - ||Y^T x_i||^2) (a robust, L1-like fit:
+a few vectors far from the subspace cannot pull it much); the output is
+(1/m) Y Y^T sum_i x_i. E is minimised by iteratively reweighted least squares.
+
+Everything after the first pass over the data happens in the p-dimensional
+span of the x_i: with the Gram matrix G = X^T X = V S V^T, the x_i have
+coordinates R = S^{1/2} V^T in the orthonormal basis Q = X V S^{-1/2}, and the
+IRLS matrix [w_i x_i, w_ij u_ij] is X W = Q (R W), so its left singular
+vectors are Q times the eigenvectors of the r x r matrix R (W W^T) R^T.
+W W^T is a diagonal plus a weighted graph Laplacian, built in O(p^2 m).
+Cost: O(d p^2) for G, O(d p m) for the start, O(d p) for the output; memory
+O(d m) beyond the input. No d x d (or d x p^2) matrix is formed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Rescale = Literal["median_norm"] | None
+_IRLS_EPS = 1e-7
+
+
+def flag_default_init(d: int, m: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """The reference start: seed 1, Q of QR(rand(d, m) - 0.5), as a d x m orthonormal matrix."""
+    gen = torch.Generator().manual_seed(1)
+    y0 = torch.linalg.qr(torch.rand(d, m, generator=gen) - 0.5).Q
+    return y0.to(dtype=dtype, device=device)
+
+
+def flag_objective(proj: torch.Tensor) -> torch.Tensor:
+    """E(Y) = sum_i sqrt(max(0, 1 - ||Y^T x_i||^2)) from proj = Y^T X [m, p]."""
+    return (1.0 - (proj**2).sum(dim=0)).clamp_min(0).sqrt().sum()
+
+
+def _irls_gram(proj: torch.Tensor, lam: float) -> torch.Tensor:
+    """K = W W^T [p, p] for the IRLS matrix W whose columns are w_i e_i and c_ij (e_i - e_j)."""
+    p = proj.shape[1]
+    w = ((1.0 - (proj**2).sum(dim=0)).abs() + _IRLS_EPS) ** -0.25
+    k = torch.diag(w**2)
+    if lam > 0 and p > 1:
+        diff_sq = torch.cdist(proj.T, proj.T) ** 2  # ||Y^T (x_i - x_j)||^2
+        c = ((1.0 - diff_sq).abs() + _IRLS_EPS) ** -0.25 * (lam / (p * (p - 1)))
+        edge = 2.0 * c**2  # both ordered pairs (i, j) and (j, i) carry the same column up to sign
+        edge.fill_diagonal_(0.0)
+        k = k + torch.diag(edge.sum(dim=1)) - edge
+    return k
+
+
+def _span_coordinates(gram: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """From the Gram matrix of the x_i: R [r, p] (coordinates) and B = V S^{-1/2} [p, r] (Q = X B)."""
+    evals, evecs = torch.linalg.eigh(gram)
+    keep = evals > evals.max().clamp_min(0) * gram.shape[0] * eps * 10
+    s, v = evals[keep], evecs[:, keep]
+    return s.sqrt()[:, None] * v.T, v / s.sqrt()[None, :]
+
+
+def _validate(grads: torch.Tensor, m: int, lam: float, iters: int, init: torch.Tensor | None, rescale) -> None:
+    if grads.dim() != 2:
+        raise ValueError(f"flag_aggregate: grads must be [n_workers, d], got shape {tuple(grads.shape)}")
+    d = grads.shape[1]
+    if not 1 <= m <= d:
+        raise ValueError(f"flag_aggregate: m (subspace dimension) must be in [1, d={d}], got {m}")
+    if lam < 0:
+        raise ValueError(f"flag_aggregate: lam must be >= 0, got {lam}")
+    if iters < 1:
+        raise ValueError(f"flag_aggregate: iters must be >= 1, got {iters}")
+    if rescale not in (None, "median_norm"):
+        raise ValueError(f"flag_aggregate: rescale must be None or 'median_norm', got {rescale!r}")
+    if init is not None:
+        if tuple(init.shape) != (d, m):
+            raise ValueError(f"flag_aggregate: init must be [d, m] = [{d}, {m}], got {tuple(init.shape)}")
+        gram = init.T.double() @ init.double()
+        if not torch.allclose(gram, torch.eye(m, dtype=torch.float64), atol=1e-4):
+            raise ValueError("flag_aggregate: init must have orthonormal columns (init^T init = I)")
+
+
+def flag_aggregate(
+    grads: torch.Tensor,
+    m: int,
+    lam: float = 0.0,
+    iters: int = 1,
+    init: torch.Tensor | None = None,
+    rescale: Rescale = None,
+) -> torch.Tensor:
+    """Aggregate [n, d] gradients into [d] by the Flag subspace estimate (ALGORITHMS.md §5).
+
+    Steps: x_i = g_i / ||g_i||; start from ``init`` (d x m, orthonormal) or the
+    seeded reference start; up to ``iters`` IRLS steps with weights
+    w_i = (|1 - ||Y^T x_i||^2| + 1e-7)^(-1/4) and, if lam > 0, pairwise columns
+    (|1 - ||Y^T u_ij||^2| + 1e-7)^(-1/4) lam / (p (p - 1)) u_ij, u_ij = x_i - x_j;
+    a step is kept only if it lowers E(Y) (without the pairwise term); output
+    (1/m) Y Y^T sum_i x_i.
+
+    The raw output's norm is about (#agreeing workers) / m, not a gradient's.
+    ``rescale="median_norm"`` scales it to the median input norm for use as a
+    training gradient. Rows that are all zero carry no direction and are left
+    out (a worker that sent nothing); all-zero input gives a zero vector.
+    """
+    _validate(grads, m, lam, iters, init, rescale)
+    n, d = grads.shape
+    norms = torch.linalg.vector_norm(grads, dim=1, dtype=torch.float64)
+    live = norms > 0
+    if not bool(live.any()):
+        return torch.zeros(d, dtype=grads.dtype, device=grads.device)
+    g = grads if bool(live.all()) else grads[live]
+    inv = 1.0 / norms[live]
+
+    gram = (g @ g.T).double() * inv[:, None] * inv[None, :]
+    coords, basis = _span_coordinates(gram, torch.finfo(grads.dtype).eps)
+
+    y0 = init if init is not None else flag_default_init(d, m, grads.dtype, grads.device)
+    y0 = y0.to(dtype=grads.dtype, device=grads.device)
+    proj = (y0.T @ g.T).double() * inv[None, :]  # [m, p] = Y0^T X
+    energy = flag_objective(proj)
+    u = None  # None: Y is still Y0; else Y = Q u with u [r, m'] in span coordinates
+    for _ in range(iters):
+        a = coords @ _irls_gram(proj, lam) @ coords.T
+        evals, evecs = torch.linalg.eigh((a + a.T) / 2)
+        top = evecs[:, torch.argsort(evals, descending=True)[: min(m, coords.shape[0])]]
+        new_proj = top.T @ coords
+        new_energy = flag_objective(new_proj)
+        if not new_energy < energy:
+            break
+        u, proj, energy = top, new_proj, new_energy
+
+    summed = proj.sum(dim=1)  # Y^T sum_i x_i  [m']
+    if u is None:
+        out = (y0 @ summed.to(grads.dtype)) / m
+    else:
+        coef = (basis @ (u @ summed)) * inv / m  # out = X B u summed / m, with X = g^T diag(inv)
+        out = g.T @ coef.to(grads.dtype)
+    if rescale == "median_norm":
+        out_norm = torch.linalg.vector_norm(out.double())
+        if out_norm > 0:
+            out = out * (norms[live].median() / out_norm).to(out.dtype)
+    return out
