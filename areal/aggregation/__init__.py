@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from areal.aggregation.attacks import ATTACKS, apply_attack
-from areal.aggregation.flag import flag_aggregate, flag_default_init, flag_objective
+from areal.aggregation.flag import flag, flag_aggregate, flag_default_init, flag_objective
 from areal.aggregation.robust import (
     bulyan,
     coordinate_median,
@@ -25,28 +25,6 @@ from areal.aggregation.robust import (
 )
 
 Aggregator = Callable[..., torch.Tensor]
-
-
-def flag(
-    grads: torch.Tensor,
-    f: int = 0,
-    m: int | None = None,
-    lam: float = 0.0,
-    iters: int = 1,
-    init: torch.Tensor | None = None,
-    rescale: str | None = "median_norm",
-) -> torch.Tensor:
-    """Flag Aggregator with the registry's signature.
-
-    Defaults suited to training: ``m = max(1, (n - f) // 2)`` and the output
-    rescaled to the median input norm (``rescale=None`` keeps the raw
-    (1/m) Y Y^T sum x_i).
-    """
-    if grads.dim() != 2:
-        raise ValueError(f"flag: grads must be [n_workers, d], got shape {tuple(grads.shape)}")
-    if m is None:
-        m = max(1, (grads.shape[0] - f) // 2)
-    return flag_aggregate(grads, m, lam=lam, iters=iters, init=init, rescale=rescale)
 
 
 AGGREGATORS: dict[str, Aggregator] = {

@@ -18,9 +18,12 @@ O(d m) beyond the input. No d x d (or d x p^2) matrix is formed.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
+
+from areal.aggregation.robust import check_grads
 
 Rescale = Literal["median_norm"] | None
 _IRLS_EPS = 1e-7
@@ -31,6 +34,12 @@ def flag_default_init(d: int, m: int, dtype: torch.dtype = torch.float32, device
     gen = torch.Generator().manual_seed(1)
     y0 = torch.linalg.qr(torch.rand(d, m, generator=gen) - 0.5).Q
     return y0.to(dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_default_init(d: int, m: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """Training calls Flag every step with the same (d, m): build the seeded start once."""
+    return flag_default_init(d, m, dtype, device)
 
 
 def flag_objective(proj: torch.Tensor) -> torch.Tensor:
@@ -75,7 +84,7 @@ def _validate(grads: torch.Tensor, m: int, lam: float, iters: int, init: torch.T
     if init is not None:
         if tuple(init.shape) != (d, m):
             raise ValueError(f"flag_aggregate: init must be [d, m] = [{d}, {m}], got {tuple(init.shape)}")
-        gram = init.T.double() @ init.double()
+        gram = (init.T @ init).double().cpu()
         if not torch.allclose(gram, torch.eye(m, dtype=torch.float64), atol=1e-4):
             raise ValueError("flag_aggregate: init must have orthonormal columns (init^T init = I)")
 
@@ -104,19 +113,19 @@ def flag_aggregate(
     """
     _validate(grads, m, lam, iters, init, rescale)
     n, d = grads.shape
-    norms = torch.linalg.vector_norm(grads, dim=1, dtype=torch.float64)
+    gram_raw = (grads @ grads.T).double()  # the one O(d n^2) pass; norms come from its diagonal
+    norms = gram_raw.diagonal().clamp_min(0).sqrt()
     live = norms > 0
     if not bool(live.any()):
         return torch.zeros(d, dtype=grads.dtype, device=grads.device)
-    g = grads if bool(live.all()) else grads[live]
     inv = 1.0 / norms[live]
-
-    gram = (g @ g.T).double() * inv[:, None] * inv[None, :]
+    gram = gram_raw[live][:, live] * inv[:, None] * inv[None, :]
     coords, basis = _span_coordinates(gram, torch.finfo(grads.dtype).eps)
 
-    y0 = init if init is not None else flag_default_init(d, m, grads.dtype, grads.device)
-    y0 = y0.to(dtype=grads.dtype, device=grads.device)
-    proj = (y0.T @ g.T).double() * inv[None, :]  # [m, p] = Y0^T X
+    y0 = init.to(dtype=grads.dtype, device=grads.device) if init is not None else _cached_default_init(
+        d, m, grads.dtype, grads.device
+    )
+    proj = (y0.T @ grads.T).double()[:, live] * inv[None, :]  # [m, p] = Y0^T X
     energy = flag_objective(proj)
     u = None  # None: Y is still Y0; else Y = Q u with u [r, m'] in span coordinates
     for _ in range(iters):
@@ -133,10 +142,35 @@ def flag_aggregate(
     if u is None:
         out = (y0 @ summed.to(grads.dtype)) / m
     else:
-        coef = (basis @ (u @ summed)) * inv / m  # out = X B u summed / m, with X = g^T diag(inv)
-        out = g.T @ coef.to(grads.dtype)
+        # out = X B u summed / m with X = g^T diag(inv); rows that were left out get coefficient 0
+        coef = torch.zeros(n, dtype=torch.float64, device=grads.device)
+        coef[live] = (basis @ (u @ summed)) * inv / m
+        out = grads.T @ coef.to(grads.dtype)
     if rescale == "median_norm":
         out_norm = torch.linalg.vector_norm(out.double())
         if out_norm > 0:
             out = out * (norms[live].median() / out_norm).to(out.dtype)
     return out
+
+
+def flag(
+    grads: torch.Tensor,
+    f: int = 0,
+    m: int | None = None,
+    lam: float = 0.0,
+    iters: int = 1,
+    init: torch.Tensor | None = None,
+    rescale: str | None = "median_norm",
+) -> torch.Tensor:
+    """Flag Aggregator with the registry's signature.
+
+    Defaults suited to training: the output rescaled to the median input norm
+    (``rescale=None`` keeps the raw (1/m) Y Y^T sum x_i), and
+    ``m = max(1, (n - f) // 2)``: half the honest workers, small enough that a
+    minority of attackers cannot each claim a direction of the subspace, large
+    enough to follow honest gradients that do not share a single direction.
+    """
+    check_grads(grads, f, "flag")
+    if m is None:
+        m = max(1, (grads.shape[0] - f) // 2)
+    return flag_aggregate(grads, m, lam=lam, iters=iters, init=init, rescale=rescale)
