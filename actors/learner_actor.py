@@ -1,0 +1,52 @@
+"""Ray actor around one LMLearner rank; the group of ranks is driven by ``LearnerGroup``."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+from areal.config import TrainConfig
+from areal.types import TrainBatch
+
+
+def learner_env(cfg: TrainConfig, use_gpu: bool) -> dict[str, str]:
+    """Environment a learner process needs before DeepSpeed is imported."""
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": str(max(1, int(cfg.learner.num_cpus)))}
+    if not use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
+@ray.remote
+class LearnerActor:
+    """One data-parallel rank: trains its slice of each batch and serves weights."""
+
+    def __init__(self, cfg: TrainConfig, model_path: str, rank: int, master_addr: str, master_port: int):
+        import torch
+
+        from learners.deepspeed_setup import Rendezvous
+        from learners.lm_learner import LMLearner
+
+        torch.set_num_threads(max(1, int(cfg.learner.num_cpus)))
+        rdv = Rendezvous(rank, cfg.learner.workers, master_addr, master_port)
+        self.learner = LMLearner(model_path, cfg.learner, cfg.algo, cfg.rollout.temperature, rdv, cfg.seed)
+
+    def ready(self) -> int:
+        return self.learner.rdv.rank
+
+    def node_ip(self) -> str:
+        return ray.util.get_node_ip_address()
+
+    def train_step(self, batch: TrainBatch) -> dict[str, float]:
+        return self.learner.train_step(batch)
+
+    def weights_payload(self) -> dict[str, bytes]:
+        return self.learner.weights_payload()
+
+    def save_hf(self, path: str) -> str:
+        return str(self.learner.save_hf(path))
+
+    def pid(self) -> int:
+        return os.getpid()

@@ -1,0 +1,94 @@
+"""N learner actors forming one data-parallel group, placed together and driven as one."""
+
+from __future__ import annotations
+
+import time
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from actors.learner_actor import LearnerActor, learner_env
+from areal.config import TrainConfig
+from areal.types import TrainBatch
+
+
+@ray.remote(num_cpus=0)
+def _rendezvous_address() -> tuple[str, int]:
+    """Runs on rank 0's bundle: that node's address and a free port for torch.distributed."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+
+def wait_all(refs: list, timeout_s: float, what: str, setting: str) -> list:
+    """ray.get with a deadline whose error names the call and the config key that sets it."""
+    start = time.monotonic()
+    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    if pending:
+        raise TimeoutError(
+            f"{what}: {len(pending)} of {len(refs)} calls unfinished after {time.monotonic() - start:.0f}s "
+            f"({setting}={timeout_s})"
+        )
+    return ray.get(ready)
+
+
+class LearnerGroup:
+    """Places ``learner.workers`` ranks, splits each batch across them and merges their stats."""
+
+    def __init__(self, cfg: TrainConfig, model_path: str, use_gpu: bool):
+        n = cfg.learner.workers
+        self.cfg = cfg
+        bundle = {"CPU": cfg.learner.num_cpus, **({"GPU": cfg.learner.num_gpus} if cfg.learner.num_gpus else {})}
+        self.pg = placement_group([bundle] * n, strategy="PACK")
+        wait_all([self.pg.ready()], cfg.learner.start_timeout_s, "learner placement group", "learner.start_timeout_s")
+        addr, port = ray.get(_rendezvous_address.options(
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0)).remote())
+        self.actors = [
+            LearnerActor.options(
+                num_cpus=cfg.learner.num_cpus,
+                num_gpus=cfg.learner.num_gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank),
+                runtime_env={"env_vars": learner_env(cfg, use_gpu)},
+            ).remote(cfg, model_path, rank, addr, port)
+            for rank in range(n)
+        ]
+        wait_all([a.ready.remote() for a in self.actors], cfg.learner.start_timeout_s, "learner start",
+                 "learner.start_timeout_s")
+
+    def train_step_async(self, batch: TrainBatch) -> list[ray.ObjectRef]:
+        """Start one step on every rank with its slice of ``batch``; returns the pending stats."""
+        parts = batch.split(len(self.actors))
+        if len(parts) < len(self.actors):
+            raise ValueError(
+                f"batch of {batch.input_ids.shape[0]} rows cannot feed {len(self.actors)} learner ranks; "
+                "raise batch_size or rollout.samples_per_prompt, or lower learner.workers"
+            )
+        return [actor.train_step.remote(part) for actor, part in zip(self.actors, parts)]
+
+    @staticmethod
+    def merge_stats(per_rank: list[dict[str, float]]) -> dict[str, float]:
+        """Mean over ranks, except token counts, which add up."""
+        merged = {}
+        for key in per_rank[0]:
+            values = [s[key] for s in per_rank]
+            merged[key] = sum(values) if key.endswith("tokens") else sum(values) / len(values)
+        return merged
+
+    def weights_payload(self) -> ray.ObjectRef:
+        """Rank 0's weight files (every rank joins, as ZeRO-3 gathering needs)."""
+        refs = [a.weights_payload.remote() for a in self.actors]
+        wait_all(refs[1:], self.cfg.rollout.weight_sync_timeout_s, "learner weight export",
+                 "rollout.weight_sync_timeout_s")
+        return refs[0]
+
+    def save_hf(self, path: str) -> str:
+        refs = [a.save_hf.remote(path) for a in self.actors]
+        return wait_all(refs, self.cfg.learner.step_timeout_s, "learner checkpoint", "learner.step_timeout_s")[0]
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        remove_placement_group(self.pg)

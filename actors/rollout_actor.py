@@ -1,0 +1,69 @@
+"""Ray actor around one RolloutWorker (an inference engine plus its episodes)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import ray
+
+from areal.config import TrainConfig
+from areal.types import TrajectoryGroup
+from rollouts.tasks.base import TaskSample
+
+
+def rollout_env(cfg: TrainConfig, use_gpu: bool) -> dict[str, str]:
+    """Environment a rollout process needs before vLLM is imported."""
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": str(max(1, int(cfg.rollout.num_cpus)))}
+    if not use_gpu:
+        env.update(VLLM_TARGET_DEVICE="cpu", VLLM_CPU_KVCACHE_SPACE=str(max(1, round(cfg.engine.kv_cache_gb))))
+    return env
+
+
+@ray.remote
+class RolloutActor:
+    """Async actor: many ``run_group`` calls overlap on one engine; weight updates interleave."""
+
+    def __init__(self, cfg: TrainConfig, model_path: str, rank: int):
+        from transformers import AutoTokenizer
+
+        from rollouts.engines import make_engine
+        from rollouts.engines.base import SamplingConfig
+        from rollouts.tasks import make_task
+        from rollouts.worker import RolloutWorker
+        from rollouts.workflow import SingleTurnWorkflow
+
+        self.rank = rank
+        self.max_new_tokens = cfg.rollout.max_new_tokens
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        task = make_task(cfg.task)
+        sampling = SamplingConfig(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                                  top_p=cfg.rollout.top_p)
+        workflow = SingleTurnWorkflow(task, tokenizer, sampling, cfg.rollout.samples_per_prompt,
+                                      cfg.task.reward_timeout_s)
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        weights_root = tempfile.mkdtemp(prefix=f"areal-rollout{rank}-", dir=shm)
+        engine = make_engine(cfg.engine, model_path, seed_offset=rank)
+        self.worker = RolloutWorker(engine, workflow, task, weights_root)
+
+    async def ready(self) -> int:
+        return self.rank
+
+    async def run_group(self, sample: TaskSample, submit_version: int) -> TrajectoryGroup:
+        return await self.worker.run_group(sample, submit_version)
+
+    async def evaluate(self, samples: list[TaskSample]) -> list[float]:
+        return await self.worker.evaluate(samples, self.max_new_tokens)
+
+    async def load_weights(self, files: dict[str, bytes], version: int) -> float:
+        return await self.worker.load_weights(files, version)
+
+    async def stats(self) -> dict:
+        return self.worker.stats()
+
+    async def busy_seconds(self, since: float, until: float) -> float:
+        return self.worker.busy.busy_seconds(since, until)
+
+    async def close(self) -> None:
+        await self.worker.engine.close()

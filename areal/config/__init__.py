@@ -1,0 +1,24 @@
+"""Typed configuration schemas, one module per subsystem.
+
+Plain dataclasses (no Hydra import here): ``launch/`` registers them with
+Hydra's ConfigStore so every YAML key is checked against these types, and each
+``__post_init__`` rejects bad values with an error naming the dotted key.
+"""
+
+from areal.config.algo import AlgoConfig
+from areal.config.engine import EngineConfig
+from areal.config.experiment import ClusterConfig, LoggingConfig, TrainConfig
+from areal.config.learner import LearnerConfig
+from areal.config.rollout import RolloutConfig
+from areal.config.task import TaskConfig
+
+__all__ = [
+    "AlgoConfig",
+    "ClusterConfig",
+    "EngineConfig",
+    "LearnerConfig",
+    "LoggingConfig",
+    "RolloutConfig",
+    "TaskConfig",
+    "TrainConfig",
+]

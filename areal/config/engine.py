@@ -1,0 +1,39 @@
+"""Inference engine settings (``engine.*``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from areal.config._checks import require
+
+
+@dataclass
+class EngineConfig:
+    """Which inference backend generates, and how it is sized."""
+
+    type: str = "vllm"
+    """Backend: "vllm" (vLLM's async engine; the CPU build on machines without a GPU)."""
+    dtype: str = "auto"
+    """Weights dtype in the engine; "auto" picks float32 on CPU (bf16 is ~30x slower there) and bfloat16 on GPU."""
+    max_model_len: int = 256
+    """Longest prompt + completion, in tokens."""
+    max_num_seqs: int = 64
+    """Sequences one engine decodes together (continuous batching width)."""
+    kv_cache_gb: float = 1.0
+    """CPU build: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."""
+    gpu_memory_utilization: float = 0.85
+    """GPU build: fraction of GPU memory vLLM may take."""
+    enforce_eager: bool = True
+    """Skip graph capture: faster start-up, which dominates on small models."""
+    seed: int = 0
+    """Sampling seed of the engine (each worker adds its rank)."""
+
+    def __post_init__(self):
+        require(self.type in ("vllm",), "engine.type", self.type, "'vllm'")
+        require(self.dtype in ("auto", "float32", "bfloat16", "float16"), "engine.dtype", self.dtype,
+                "one of auto, float32, bfloat16, float16")
+        require(self.max_model_len >= 8, "engine.max_model_len", self.max_model_len, "an int >= 8")
+        require(self.max_num_seqs >= 1, "engine.max_num_seqs", self.max_num_seqs, "an int >= 1")
+        require(self.kv_cache_gb > 0, "engine.kv_cache_gb", self.kv_cache_gb, "a positive size in GiB")
+        require(0 < self.gpu_memory_utilization <= 1, "engine.gpu_memory_utilization",
+                self.gpu_memory_utilization, "a fraction in (0, 1]")

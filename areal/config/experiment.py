@@ -1,0 +1,77 @@
+"""The whole run (``TrainConfig``): one typed sub-config per subsystem."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from areal.config._checks import require
+from areal.config.algo import AlgoConfig
+from areal.config.engine import EngineConfig
+from areal.config.learner import LearnerConfig
+from areal.config.rollout import RolloutConfig
+from areal.config.task import TaskConfig
+
+
+@dataclass
+class LoggingConfig:
+    """Where metrics go (``logging.*``)."""
+
+    wandb_mode: str = "offline"
+    """wandb: offline (default, no network), online (needs WANDB_API_KEY) or disabled."""
+    wandb_project: str = "areal"
+    """wandb project name."""
+    tensorboard: bool = True
+    """Write TensorBoard event files under the run directory."""
+    progress: bool = True
+    """Live progress bar with ETA in the terminal."""
+
+    def __post_init__(self):
+        require(self.wandb_mode in ("offline", "online", "disabled"), "logging.wandb_mode", self.wandb_mode,
+                "offline, online or disabled")
+
+
+@dataclass
+class ClusterConfig:
+    """Where Ray runs (``cluster.*``)."""
+
+    address: str = ""
+    """Ray address; empty starts an embedded Ray in this process (laptop / single node)."""
+    num_cpus: int = 0
+    """Embedded Ray only: CPUs to advertise (0 = detect)."""
+    dashboard_host: str = "127.0.0.1"
+    """Embedded Ray only: dashboard bind address (loopback unless you mean to expose it)."""
+
+
+@dataclass
+class TrainConfig:
+    """An asynchronous RL run."""
+
+    model_path: str = ""
+    """Hugging Face model directory; empty = the tiny demo model, bootstrapped and cached on first use."""
+    out_dir: str = "runs/default"
+    """Run directory: metrics, TensorBoard, wandb, checkpoints."""
+    seed: int = 0
+    """Seed of the run (dataset order, engines, learner)."""
+    batch_size: int = 8
+    """B: prompt groups per train step (the staleness gate counts groups)."""
+    total_steps: int = 60
+    """Train steps (policy versions) to run."""
+    eval_every: int = 10
+    """Held-out evaluation every this many steps (and at the start and the end); 0 = start and end only."""
+    checkpoint_every: int = 0
+    """Save a Hugging Face checkpoint every this many steps (0 = only at the end)."""
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def __post_init__(self):
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "an int >= 1")
+        require(self.total_steps >= 1, "total_steps", self.total_steps, "an int >= 1")
+        require(self.eval_every >= 0, "eval_every", self.eval_every, "an int >= 0")
+        require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "an int >= 0")
+        require(self.rollout.max_new_tokens < self.engine.max_model_len, "rollout.max_new_tokens",
+                self.rollout.max_new_tokens, f"fewer than engine.max_model_len ({self.engine.max_model_len}) tokens")

@@ -1,0 +1,46 @@
+"""Rollout worker settings (``rollout.*``): how many, how they sample, how long they may take."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from areal.config._checks import require
+
+
+@dataclass
+class RolloutConfig:
+    """Rollout workers and their sampling."""
+
+    workers: int = 1
+    """Rollout actors, each with its own inference engine."""
+    samples_per_prompt: int = 8
+    """n: completions per prompt (one group)."""
+    max_concurrent: int = 16
+    """Groups in flight across all workers at most (also bounded by the staleness rule)."""
+    max_new_tokens: int = 16
+    """Completion length cap."""
+    temperature: float = 1.0
+    """Sampling temperature (the learner scales logits by the same value)."""
+    top_p: float = 1.0
+    """Nucleus sampling; 1.0 samples from the full distribution the learner trains."""
+    num_cpus: float = 1.0
+    """Ray CPUs reserved per rollout actor."""
+    num_gpus: float = 0.0
+    """Ray GPUs per rollout actor (0 on CPU machines)."""
+    generate_timeout_s: float = 600.0
+    """A group that takes longer fails with an error naming the worker."""
+    weight_sync_timeout_s: float = 300.0
+    """A weight update that takes longer fails with an error naming the worker and version."""
+    start_timeout_s: float = 900.0
+    """Engine start-up (first start JIT-compiles kernels on CPU)."""
+
+    def __post_init__(self):
+        require(self.workers >= 1, "rollout.workers", self.workers, "an int >= 1")
+        require(self.samples_per_prompt >= 2, "rollout.samples_per_prompt", self.samples_per_prompt,
+                "an int >= 2 (group advantages compare samples)")
+        require(self.max_concurrent >= 1, "rollout.max_concurrent", self.max_concurrent, "an int >= 1")
+        require(self.max_new_tokens >= 1, "rollout.max_new_tokens", self.max_new_tokens, "an int >= 1")
+        require(self.temperature > 0, "rollout.temperature", self.temperature, "a positive float")
+        require(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "a float in (0, 1]")
+        for key in ("generate_timeout_s", "weight_sync_timeout_s", "start_timeout_s"):
+            require(getattr(self, key) > 0, f"rollout.{key}", getattr(self, key), "a positive number of seconds")

@@ -1,0 +1,46 @@
+"""Compose a TrainConfig from configs/ with Hydra, validated before anything starts.
+
+Hydra checks every key and type against the dataclass schemas (a typo or
+``rollout.workers=abc`` fails at composition); the schemas' ``__post_init__``
+checks values and names the dotted key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from areal.config import TrainConfig
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: the message names the key and what is expected."""
+
+
+def register_schemas() -> None:
+    """Make the dataclass schema available to the YAML defaults list as ``train_schema``."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def load_config(overrides: list[str], config_name: str = "train") -> tuple[TrainConfig, str]:
+    """(validated TrainConfig, resolved YAML) for Hydra-style ``key=value`` overrides."""
+    register_schemas()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            composed = compose(config_name=config_name, overrides=list(overrides))
+        cfg = OmegaConf.to_object(composed)
+    except (HydraException, OmegaConfBaseException) as exc:
+        detail = f"{exc}" + (f"\n{exc.__cause__}" if exc.__cause__ is not None else "")
+        raise ConfigError(f"config error: {detail}") from None
+    except ValueError as exc:  # __post_init__ checks, and Hydra's own override errors
+        if str(exc).startswith("config error"):
+            raise ConfigError(str(exc)) from None
+        raise ConfigError(f"config error: {exc}") from None
+    return cfg, OmegaConf.to_yaml(composed)

@@ -1,0 +1,77 @@
+"""`areal train`: compose the config, bring up Ray, run the driver, print the summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from areal.config import TrainConfig
+
+log = logging.getLogger("areal")
+
+
+def cpus_needed(cfg: TrainConfig) -> float:
+    return cfg.rollout.workers * cfg.rollout.num_cpus + cfg.learner.workers * cfg.learner.num_cpus
+
+
+def init_ray(cfg: TrainConfig, out_dir: Path) -> None:
+    """Join ``cluster.address`` or start an embedded Ray whose dashboard binds to loopback."""
+    import ray
+
+    if cfg.cluster.address:
+        ray.init(address=cfg.cluster.address, log_to_driver=True)
+        return
+    # Oversubscribing logical CPUs is fine on a small machine: actors mostly wait on each other.
+    num_cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, int(cpus_needed(cfg) + 0.999))
+    context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=cfg.cluster.dashboard_host,
+                       log_to_driver=True)
+    url = getattr(context, "dashboard_url", "") or ""
+    if url:
+        log.info("Ray dashboard: http://%s", url)
+
+
+def resolve_model(cfg: TrainConfig) -> str:
+    """``model_path``, or the cached tiny demo model (bootstrapped on first use)."""
+    if cfg.model_path:
+        if not Path(cfg.model_path, "config.json").exists():
+            raise FileNotFoundError(f"model_path = {cfg.model_path!r} has no config.json; give a Hugging Face "
+                                    "model directory, or leave model_path empty for the tiny demo model")
+        return cfg.model_path
+    from launch.bootstrap import bootstrap_model, default_cache_dir
+
+    return str(bootstrap_model(default_cache_dir(), seed=cfg.seed))
+
+
+def train(cfg: TrainConfig, resolved_yaml: str) -> dict:
+    """Run one job to completion; returns its summary (also written to RUN_DIR/summary.json)."""
+    import ray
+    import torch
+    from transformers import AutoTokenizer
+
+    from actors.driver import Driver
+    from launch.sinks import make_sinks
+    from rollouts.tasks import make_task
+
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(resolved_yaml)
+    model_path = resolve_model(cfg)
+    pad_id = AutoTokenizer.from_pretrained(model_path).pad_token_id or 0
+    task = make_task(cfg.task)
+    init_ray(cfg, out_dir)
+    driver = None
+    sinks = make_sinks(cfg, out_dir)
+    try:
+        driver = Driver(cfg, model_path, task, pad_id, sinks, use_gpu=torch.cuda.is_available())
+        summary = driver.run()
+    finally:
+        if driver is not None:
+            driver.shutdown()
+        else:
+            for sink in sinks:
+                sink.close()
+        ray.shutdown()
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

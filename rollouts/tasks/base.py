@@ -1,0 +1,34 @@
+"""A task: train and held-out prompts plus a reward that scores completions."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class TaskSample:
+    """One prompt with the reference its completions are scored against."""
+
+    id: str
+    prompt: str
+    reference: str
+
+
+class Task(abc.ABC):
+    """Prompts to train and evaluate on, and the scoring rule."""
+
+    @property
+    @abc.abstractmethod
+    def train(self) -> Sequence[TaskSample]:
+        """Training prompts, in a fixed order (the controller keeps its own cursor)."""
+
+    @property
+    @abc.abstractmethod
+    def eval(self) -> Sequence[TaskSample]:
+        """Held-out prompts, disjoint from ``train``."""
+
+    @abc.abstractmethod
+    def score(self, completion: str, sample: TaskSample) -> float:
+        """Reward of one completion; may raise, the caller records the failure."""

@@ -1,0 +1,40 @@
+"""One episode: a prompt, n sampled completions, their rewards (DESIGN.md "Workflow")."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from areal.types import Trajectory, TrajectoryGroup
+from rollouts.engines.base import Engine, SamplingConfig
+from rollouts.rewards import score_safely
+from rollouts.tasks.base import Task, TaskSample
+
+
+class SingleTurnWorkflow:
+    """prompt -> n samples -> rewards, as one TrajectoryGroup."""
+
+    def __init__(self, task: Task, tokenizer, sampling: SamplingConfig, n: int, reward_timeout_s: float):
+        self.task, self.tokenizer, self.sampling, self.n = task, tokenizer, sampling, n
+        self.reward_timeout_s = reward_timeout_s
+
+    def encode(self, sample: TaskSample) -> list[int]:
+        """Prompt token ids (the tokenizer adds whatever special tokens the model expects)."""
+        return list(self.tokenizer.encode(sample.prompt))
+
+    async def run(self, engine: Engine, sample: TaskSample, submit_version: int) -> TrajectoryGroup:
+        """Sample the group and score every completion off the event loop."""
+        prompt_ids = self.encode(sample)
+        completions = await engine.generate(prompt_ids, self.sampling, self.n)
+        outcomes = await asyncio.gather(
+            *(score_safely(lambda c=c: self.task.score(c.text, sample), self.reward_timeout_s) for c in completions)
+        )
+        trajectories = tuple(
+            Trajectory(tuple(prompt_ids), c.token_ids, c.logprobs, c.versions, o.value, c.text, c.finish_reason)
+            for c, o in zip(completions, outcomes)
+        )
+        failures = Counter(o.status for o in outcomes if o.status != "ok")
+        info = {"reward_failures": dict(failures)}
+        if failures:
+            info["reward_failure_example"] = next(o.detail for o in outcomes if o.status != "ok")
+        return TrajectoryGroup(sample.id, trajectories, submit_version, info)

@@ -1,0 +1,71 @@
+"""Deterministic stand-ins for tests: a scripted engine and a tiny task. Named Fake, never shipped."""
+
+from __future__ import annotations
+
+import asyncio
+
+from rollouts.engines.base import Completion, Engine, SamplingConfig
+from rollouts.tasks.base import Task, TaskSample
+
+
+class FakeEngine(Engine):
+    """Answers every prompt with a scripted completion; logprobs and versions are recorded per token."""
+
+    def __init__(self, script: dict[str, list[str]], tokenizer_decode, delay_s: float = 0.0):
+        self.script = script  # prompt text -> completions returned in turn
+        self.decode = tokenizer_decode
+        self.delay_s = delay_s
+        self._version = 0
+        self.calls: list[tuple[list[int], SamplingConfig, int]] = []
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    async def generate(self, prompt_ids, sampling, n=1):
+        self.calls.append((list(prompt_ids), sampling, n))
+        await asyncio.sleep(self.delay_s)
+        texts = self.script[self.decode(prompt_ids)]
+        return [
+            Completion(tuple(ord(ch) for ch in text), tuple(-0.1 for _ in text), tuple(self._version for _ in text),
+                       text, "stop")
+            for text in (texts[i % len(texts)] for i in range(n))
+        ]
+
+    async def update_weights(self, weights_dir, version):
+        self._version = version
+        return 0.0
+
+
+class CharTokenizer:
+    """Code points as token ids: enough for workflow tests."""
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    def decode(self, ids) -> str:
+        return "".join(chr(i) for i in ids)
+
+
+class FakeTask(Task):
+    """Prompts whose reference is a fixed string; exact match scores 1."""
+
+    def __init__(self, n_train: int = 4, raise_on: str | None = None):
+        self._train = [TaskSample(f"t{i}", f"q{i}=", str(i)) for i in range(n_train)]
+        self._eval = [TaskSample("e0", "e0=", "0")]
+        self.raise_on = raise_on
+
+    @property
+    def train(self):
+        return self._train
+
+    @property
+    def eval(self):
+        return self._eval
+
+    def score(self, completion: str, sample: TaskSample) -> float:
+        if completion == self.raise_on:
+            raise RuntimeError("reward bug")
+        if completion == "nan":
+            return float("nan")
+        return 1.0 if completion == sample.reference else 0.0
