@@ -17,7 +17,8 @@ def rollout_env(cfg: TrainConfig, use_gpu: bool) -> dict[str, str]:
     env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": str(max(1, int(cfg.rollout.num_cpus)))}
     if not use_gpu:
-        env.update(VLLM_TARGET_DEVICE="cpu", VLLM_CPU_KVCACHE_SPACE=str(max(1, round(cfg.engine.kv_cache_gb))))
+        # the KV cache size comes from engine.kv_cache_gb (VLLM_CPU_KVCACHE_SPACE would override it)
+        env["VLLM_TARGET_DEVICE"] = "cpu"
     return env
 
 
@@ -53,7 +54,7 @@ class RolloutActor:
     async def run_group(self, sample: TaskSample, submit_version: int) -> TrajectoryGroup:
         return await self.worker.run_group(sample, submit_version)
 
-    async def evaluate(self, samples: list[TaskSample]) -> list[float]:
+    async def evaluate(self, samples: list[TaskSample]) -> list[tuple[float, str]]:
         return await self.worker.evaluate(samples, self.max_new_tokens)
 
     async def load_weights(self, files: dict[str, bytes], version: int) -> float:

@@ -20,7 +20,7 @@ class EngineConfig:
     max_num_seqs: int = 64
     """Sequences one engine decodes together (continuous batching width)."""
     kv_cache_gb: float = 1.0
-    """CPU build: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."""
+    """CPU build: KV cache size in GiB (passed as bytes; a VLLM_CPU_KVCACHE_SPACE env var, whole GiB, overrides it)."""
     gpu_memory_utilization: float = 0.85
     """GPU build: fraction of GPU memory vLLM may take."""
     enforce_eager: bool = True

@@ -1,0 +1,201 @@
+"""vLLM backend: continuous batching on ``AsyncLLM`` with interruptible, in-place weight updates.
+
+Version tagging relies on vLLM's own weight-version labels (vLLM >= 0.32): the engine core
+stamps every batch of sampled tokens with the label current when that step ran, and the
+label only changes while generation is paused. Because the stamp travels with the tokens,
+it stays exact even though ``pause_generation`` can return before the client-side output
+handler has delivered the last pre-pause tokens to their requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from pathlib import Path
+
+import torch
+
+from areal.config.engine import EngineConfig
+from rollouts.engines.base import Completion, Engine, SamplingConfig
+
+# vLLM labels outputs with this until the first ``update_weight_version``; our engine starts at 0.
+_VLLM_INITIAL_LABEL = "default"
+_INITIAL_VERSION = 0
+_GIB = 1 << 30
+
+
+def _prepare_environment() -> bool:
+    """Set the CPU build's variables before vllm is first imported; returns whether CUDA is used."""
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+    # Models are local folders; never wait on an unreachable hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return on_gpu
+
+
+def _label_to_version(label: str) -> int:
+    """Map vLLM's string weight label back to our integer version."""
+    return _INITIAL_VERSION if label == _VLLM_INITIAL_LABEL else int(label)
+
+
+def _per_token_versions(spans, num_tokens: int) -> tuple[int, ...]:
+    """Expand vLLM's ``[start, end)`` weight-version spans into one version per token."""
+    versions: list[int] = []
+    for span in spans or ():
+        if span.start != len(versions):
+            raise RuntimeError(f"vLLM weight-version spans are not contiguous: {spans}")
+        versions.extend([_label_to_version(span.version)] * (min(span.end, num_tokens) - span.start))
+    if len(versions) != num_tokens:
+        raise RuntimeError(f"vLLM weight-version spans {spans} do not cover {num_tokens} tokens")
+    return tuple(versions)
+
+
+def _to_completion(output) -> Completion:
+    """Convert one finished vLLM ``CompletionOutput`` into a ``Completion``."""
+    token_ids = tuple(output.token_ids)
+    # logprobs=0 asks for the sampled token only; each position maps token id -> Logprob.
+    logprobs = tuple(float(position[tok].logprob) for position, tok in zip(output.logprobs, token_ids))
+    return Completion(
+        token_ids=token_ids,
+        logprobs=logprobs,
+        versions=_per_token_versions(output.weight_versions, len(token_ids)),
+        text=output.text,
+        finish_reason=str(output.finish_reason),
+    )
+
+
+class TiedHeadReloadExtension:
+    """Mixed into vLLM's worker (``worker_extension_cls``): in-place reload that also refreshes a tied LM head."""
+
+    def reload_weights_from(self, weights_path: str) -> None:
+        """Reload HF weights from ``weights_path``, then re-pack an output head tied to the embedding."""
+        self.reload_weights(weights_path=weights_path)
+        model = self.model_runner.get_model()
+        head = getattr(model, "lm_head", None)
+        weight = getattr(head, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.is_meta:
+            return
+        # The CPU build packs each GEMM weight into a private copy after loading. reload_weights
+        # re-packs the layers it loaded, but a head tied to the embedding has no tensor in the
+        # checkpoint, so its packed copy kept the old embedding (logits from stale weights).
+        # Re-running its post-load step re-packs from the shared, updated tensor (no-op on GPU).
+        tied = any(
+            m is not head and isinstance(getattr(m, "weight", None), torch.Tensor)
+            and m.weight.data_ptr() == weight.data_ptr()
+            for m in model.modules()
+        )
+        if tied:
+            head.quant_method.process_weights_after_loading(head)
+
+
+class VLLMEngine(Engine):
+    """An ``AsyncLLM`` over a local HF model; weights reload from safetensors folders in place."""
+
+    def __init__(self, cfg: EngineConfig, model_path: str, seed_offset: int = 0):
+        on_gpu = _prepare_environment()
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
+        kwargs = dict(
+            model=str(model_path),
+            dtype=dtype,
+            max_model_len=cfg.max_model_len,
+            max_num_seqs=cfg.max_num_seqs,
+            enforce_eager=cfg.enforce_eager,
+            seed=cfg.seed + seed_offset,
+            # Logprobs of the distribution each token was drawn from: log_softmax(logits / T), what
+            # the learner recomputes ("raw" would ignore T). With top_p < 1 they are renormalised
+            # over the nucleus; at temperature 0 they are log_softmax(logits).
+            logprobs_mode="processed_logprobs",
+            disable_log_stats=True,
+            worker_extension_cls=f"{__name__}.{TiedHeadReloadExtension.__qualname__}",
+        )
+        if on_gpu:
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        elif "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+            # Equivalent to VLLM_CPU_KVCACHE_SPACE, which only takes whole GiB (and, if the
+            # user set it, overrides this); bytes let tests use a fraction of a GiB.
+            kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gb * _GIB)
+        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        self._version = _INITIAL_VERSION
+        self._update_lock = asyncio.Lock()  # binds to the running loop on first use
+
+    def _live(self):
+        """The AsyncLLM, or an error once the engine is closed."""
+        if self._llm is None:
+            raise RuntimeError("VLLMEngine is closed")
+        return self._llm
+
+    @property
+    def version(self) -> int:
+        """Version of the weights currently loaded."""
+        return self._version
+
+    async def generate(self, prompt_ids: list[int], sampling: SamplingConfig, n: int = 1) -> list[Completion]:
+        """n independent samples of one prompt, each token tagged with the weights that produced it."""
+        from vllm import SamplingParams
+        from vllm.inputs import tokens_input
+        from vllm.sampling_params import RequestOutputKind
+
+        if n < 1:
+            raise ValueError(f"generate: n = {n}; expected an int >= 1")
+        params = SamplingParams(
+            n=n,
+            max_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            stop=list(sampling.stop) or None,
+            seed=sampling.seed,
+            logprobs=0,
+            # One message per request: weight-version spans only come with the final output.
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        final = None
+        # An already-rendered token input: no tokenizer pass (raw prompts are deprecated in 0.32).
+        prompt = tokens_input(list(prompt_ids))
+        async for out in self._live().generate(prompt, params, request_id=uuid.uuid4().hex):
+            final = out
+        if final is None or len(final.outputs) != n:
+            got = 0 if final is None else len(final.outputs)
+            raise RuntimeError(f"vLLM returned {got} completions for a request of n={n}")
+        return [_to_completion(c) for c in sorted(final.outputs, key=lambda c: c.index)]
+
+    async def update_weights(self, weights_dir: str, version: int) -> float:
+        """Pause in-flight requests, reload HF safetensors from ``weights_dir`` in place, tag later
+        tokens with ``version``, resume; returns seconds taken. On a failed reload the engine stays
+        paused (its weights may be half-written) until a later update succeeds."""
+        path = Path(weights_dir)
+        # Check before pausing so an obviously wrong path costs in-flight requests nothing.
+        if not path.is_dir() or not any(path.glob("*.safetensors")):
+            raise FileNotFoundError(f"update_weights(version={version}): no *.safetensors files in {weights_dir}")
+        llm = self._live()
+        async with self._update_lock:  # interleaved pause/reload/resume would mislabel tokens
+            start = time.perf_counter()
+            try:
+                # "keep" freezes requests with the tokens they have; it returns once the core is
+                # idle, so no step with the old weights can run after the label changes.
+                # clear_cache drops KV computed by the old weights: requests recompute it.
+                await llm.pause_generation(mode="keep", clear_cache=True)
+                # Tensors sent through collective_rpc arrive as lists on the CPU build, so
+                # the worker reads the files itself.
+                await llm.collective_rpc("reload_weights_from", kwargs={"weights_path": str(path)})
+                await llm.update_weight_version(str(version))
+            except Exception as exc:
+                raise RuntimeError(
+                    f"update_weights: loading weights from {weights_dir} as version {version} failed; "
+                    f"generation stays paused until a later update_weights succeeds"
+                ) from exc
+            self._version = version
+            await llm.resume_generation()
+            return time.perf_counter() - start
+
+    async def close(self) -> None:
+        """Shut down the engine core and its worker processes."""
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            # Shut down while the interpreter is intact: AsyncLLM.__del__ at exit fails noisily.
+            llm.shutdown()
