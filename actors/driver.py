@@ -59,7 +59,7 @@ class Driver:
     def run(self) -> dict:
         """Train ``total_steps`` versions; returns the run summary."""
         start = time.time()
-        initial = self.evaluate()
+        initial, initial_texts = self.evaluate()
         self.emit(0, {"eval/accuracy": initial})
         log.info("step 0: held-out accuracy %.3f", initial)
         training: list[ray.ObjectRef] = []
@@ -80,18 +80,25 @@ class Driver:
                 step_started = time.time()
                 if self.cfg.eval_every and self.version % self.cfg.eval_every == 0 and \
                         self.version < self.cfg.total_steps:
-                    metrics["eval/accuracy"] = self.evaluate()
+                    metrics["eval/accuracy"] = self.evaluate()[0]
                 if self.cfg.checkpoint_every and self.version % self.cfg.checkpoint_every == 0:
                     self.learners.save_hf(str(self.out_dir / "checkpoints" / f"step_{self.version:06d}"))
                 self.emit(self.version, metrics)
             if not training:
                 training = self.maybe_train()
-        final = self.evaluate()
+        final, final_texts = self.evaluate()
         self.emit(self.version, {"eval/accuracy": final})
         checkpoint = self.learners.save_hf(str(self.out_dir / "checkpoints" / "final"))
-        return {"initial_accuracy": initial, "final_accuracy": final, "steps": self.version,
-                "seconds": time.time() - start, "checkpoint": checkpoint,
-                "outcomes": dict(self.controller.outcomes)}
+        engine_versions = [s["version"] for s in ray.get([a.stats.remote() for a in self.rollouts])]
+        stale = [h["staleness/max"] for h in self.history if "staleness/max" in h]
+        return {
+            "initial_accuracy": initial, "final_accuracy": final, "steps": self.version,
+            "seconds": time.time() - start, "checkpoint": checkpoint, "outcomes": dict(self.controller.outcomes),
+            "rollout_engine_versions": engine_versions,
+            # weights reached the engines: greedy held-out completions that differ from the start
+            "eval_completions_changed": sum(a != b for a, b in zip(initial_texts, final_texts)),
+            "max_trained_staleness": max(stale, default=0.0),
+        }
 
     def submit(self) -> None:
         """Start rollouts while the staleness gate has room, each on the least-loaded worker."""
@@ -150,14 +157,17 @@ class Driver:
         stats["weights/sync_seconds"] = time.time() - start
         stats["weights/load_seconds_max"] = max(seconds)
 
-    def evaluate(self) -> float:
-        """Greedy held-out accuracy, the eval set split across rollout workers."""
+    def evaluate(self) -> tuple[float, list[str]]:
+        """Greedy held-out accuracy and completions (in eval order), split across rollout workers."""
         samples = list(self.task.eval)
         shards = [samples[i:: len(self.rollouts)] for i in range(len(self.rollouts))]
         refs = [a.evaluate.remote(s) for a, s in zip(self.rollouts, shards) if s]
-        scores = [x for part in wait_all(refs, self.cfg.rollout.generate_timeout_s, "evaluation",
-                                         "rollout.generate_timeout_s") for x in part]
-        return sum(scores) / len(scores)
+        parts = wait_all(refs, self.cfg.rollout.generate_timeout_s, "evaluation", "rollout.generate_timeout_s")
+        results = [None] * len(samples)
+        for shard_index, part in enumerate(parts):
+            for j, result in enumerate(part):
+                results[shard_index + j * len(self.rollouts)] = result
+        return sum(score for score, _ in results) / len(results), [text for _, text in results]
 
     # -- metrics ----------------------------------------------------------
     def record(self, key: str, *values: float) -> None:

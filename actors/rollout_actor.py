@@ -14,7 +14,7 @@ from rollouts.tasks.base import TaskSample
 
 def rollout_env(cfg: TrainConfig, use_gpu: bool) -> dict[str, str]:
     """Environment a rollout process needs before vLLM is imported."""
-    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING",
            "OMP_NUM_THREADS": str(max(1, int(cfg.rollout.num_cpus)))}
     if not use_gpu:
         # the KV cache size comes from engine.kv_cache_gb (VLLM_CPU_KVCACHE_SPACE would override it)
@@ -31,7 +31,7 @@ class RolloutActor:
 
         from rollouts.engines import make_engine
         from rollouts.engines.base import SamplingConfig
-        from rollouts.tasks import make_task
+        from rollouts.tasks.factory import make_task
         from rollouts.worker import RolloutWorker
         from rollouts.workflow import SingleTurnWorkflow
 

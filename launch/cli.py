@@ -35,9 +35,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_bootstrap(args) -> int:
-    from launch.bootstrap import bootstrap_model, default_cache_dir
+    from launch.bootstrap import bootstrap_model
+    from launch.train import demo_model_dir
 
-    path = bootstrap_model(args.out or default_cache_dir(), seed=args.seed)
+    path = bootstrap_model(args.out or demo_model_dir(args.seed), seed=args.seed)
     print(path)
     return 0
 

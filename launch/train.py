@@ -16,13 +16,19 @@ def cpus_needed(cfg: TrainConfig) -> float:
     return cfg.rollout.workers * cfg.rollout.num_cpus + cfg.learner.workers * cfg.learner.num_cpus
 
 
-def init_ray(cfg: TrainConfig, out_dir: Path) -> None:
-    """Join ``cluster.address`` or start an embedded Ray whose dashboard binds to loopback."""
+def init_ray(cfg: TrainConfig) -> bool:
+    """Join ``cluster.address`` or start an embedded Ray whose dashboard binds to loopback.
+
+    Returns whether this call started Ray (a caller that already runs Ray, such as a
+    test session, keeps it).
+    """
     import ray
 
+    if ray.is_initialized():
+        return False
     if cfg.cluster.address:
         ray.init(address=cfg.cluster.address, log_to_driver=True)
-        return
+        return True
     # Oversubscribing logical CPUs is fine on a small machine: actors mostly wait on each other.
     num_cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, int(cpus_needed(cfg) + 0.999))
     context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=cfg.cluster.dashboard_host,
@@ -30,6 +36,7 @@ def init_ray(cfg: TrainConfig, out_dir: Path) -> None:
     url = getattr(context, "dashboard_url", "") or ""
     if url:
         log.info("Ray dashboard: http://%s", url)
+    return True
 
 
 def resolve_model(cfg: TrainConfig) -> str:
@@ -39,9 +46,16 @@ def resolve_model(cfg: TrainConfig) -> str:
             raise FileNotFoundError(f"model_path = {cfg.model_path!r} has no config.json; give a Hugging Face "
                                     "model directory, or leave model_path empty for the tiny demo model")
         return cfg.model_path
-    from launch.bootstrap import bootstrap_model, default_cache_dir
+    from launch.bootstrap import bootstrap_model
 
-    return str(bootstrap_model(default_cache_dir(), seed=cfg.seed))
+    # the bootstrap trains on the task's own train split: same seed, so the held-out split stays unseen
+    return str(bootstrap_model(demo_model_dir(cfg.task.seed), seed=cfg.task.seed))
+
+
+def demo_model_dir(seed: int) -> Path:
+    """Where the tiny demo model is cached: $AREAL_CACHE or ~/.cache/areal."""
+    root = Path(os.environ.get("AREAL_CACHE", Path.home() / ".cache" / "areal"))
+    return root / f"tiny-arith-seed{seed}"
 
 
 def train(cfg: TrainConfig, resolved_yaml: str) -> dict:
@@ -52,7 +66,7 @@ def train(cfg: TrainConfig, resolved_yaml: str) -> dict:
 
     from actors.driver import Driver
     from launch.sinks import make_sinks
-    from rollouts.tasks import make_task
+    from rollouts.tasks.factory import make_task
 
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +74,7 @@ def train(cfg: TrainConfig, resolved_yaml: str) -> dict:
     model_path = resolve_model(cfg)
     pad_id = AutoTokenizer.from_pretrained(model_path).pad_token_id or 0
     task = make_task(cfg.task)
-    init_ray(cfg, out_dir)
+    started_ray = init_ray(cfg)
     driver = None
     sinks = make_sinks(cfg, out_dir)
     try:
@@ -72,6 +86,7 @@ def train(cfg: TrainConfig, resolved_yaml: str) -> dict:
         else:
             for sink in sinks:
                 sink.close()
-        ray.shutdown()
+        if started_ray:
+            ray.shutdown()
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

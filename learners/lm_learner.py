@@ -125,7 +125,9 @@ class LMLearner:
         state = full_state_dict(self.engine, self.cfg.zero_stage)  # collective under ZeRO-3: every rank calls
         if self.rdv.rank != 0:
             return path
-        tmp = Path(tempfile.mkdtemp(dir=path.parent if path.parent.exists() else None, prefix=".saving-"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # same directory as the target, so the final rename is atomic
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.saving-"))
         self.engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         for name in TOKENIZER_FILES:
             if (self.model_path / name).exists():

@@ -38,13 +38,13 @@ class RolloutWorker:
         self.generated_tokens += group.num_output_tokens
         return group
 
-    async def evaluate(self, samples: list[TaskSample], max_new_tokens: int) -> list[float]:
-        """Greedy rewards of held-out ``samples`` under the current weights."""
+    async def evaluate(self, samples: list[TaskSample], max_new_tokens: int) -> list[tuple[float, str]]:
+        """Greedy (reward, completion) of held-out ``samples`` under the current weights."""
         greedy = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
 
-        async def one(sample: TaskSample) -> float:
+        async def one(sample: TaskSample) -> tuple[float, str]:
             (completion,) = await self.engine.generate(self.workflow.encode(sample), greedy, 1)
-            return float(self.task.score(completion.text, sample))
+            return float(self.task.score(completion.text, sample)), completion.text
 
         self.busy.start()
         try:

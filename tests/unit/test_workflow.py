@@ -60,5 +60,5 @@ def test_load_weights_refuses_path_tricks(tmp_path):
 
 def test_evaluate_is_greedy(tmp_path):
     worker = make_worker(tmp_path, {"e0=": ["0"]})
-    assert asyncio.run(worker.evaluate(list(FakeTask().eval), max_new_tokens=4)) == [1.0]
+    assert asyncio.run(worker.evaluate(list(FakeTask().eval), max_new_tokens=4)) == [(1.0, "0")]
     assert worker.engine.calls[-1][1].temperature == 0.0

@@ -1,0 +1,191 @@
+"""Warm start for the CPU demo: a tiny model taught arithmetic by supervised learning, partly.
+
+No pretrained model exists here, and RL from a random model never sees a
+reward. So the demo's model is trained with teacher forcing on the arithmetic
+train split until its greedy held-out accuracy reaches ``target_accuracy``
+(partly right, leaving RL visible headroom), then saved in Hugging Face format.
+
+The result is cached: ``bootstrap.json`` next to the weights records the
+settings and their hash; a later call with the same settings reuses the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Sequence
+
+from launch.tiny_model import TinyModelSize, build_char_tokenizer, build_tiny_model, save_model
+from rollouts.tasks.arithmetic import ArithmeticTask
+from rollouts.tasks.base import Task, TaskSample
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "bootstrap.json"
+FORMAT_VERSION = 1  # bump when the training recipe changes, so old caches are not reused
+
+
+def encode_batch(tokenizer, texts: Sequence[str], pad_left: bool):
+    """Token ids of ``texts`` padded to one length: (input_ids [B, T], attention_mask [B, T])."""
+    import torch
+
+    rows = [tokenizer.encode(t) for t in texts]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        cols = slice(width - len(r), width) if pad_left else slice(0, len(r))
+        ids[i, cols] = torch.tensor(r, dtype=torch.long)
+        mask[i, cols] = 1
+    return ids, mask
+
+
+def position_ids(attention_mask):
+    """Positions counted from each row's first real token, so left padding does not shift them."""
+    return (attention_mask.cumsum(-1) - 1).clamp_min(0)
+
+
+def decode_until_eos(tokenizer, token_ids: Sequence[int]) -> str:
+    """Text of the tokens before the first EOS (what an engine that stops at EOS returns)."""
+    ids = list(token_ids)
+    if tokenizer.eos_token_id in ids:
+        ids = ids[: ids.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def greedy_completions(
+    model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 256
+) -> list[str]:
+    """Greedy completions of ``prompts`` with a KV cache, batched with left padding."""
+    import torch
+
+    out: list[str] = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            ids, mask = encode_batch(tokenizer, prompts[start : start + batch_size], pad_left=True)
+            seqs = model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            )
+            out.extend(decode_until_eos(tokenizer, row[ids.shape[1]:].tolist()) for row in seqs)
+    return out
+
+
+def greedy_accuracy(model, tokenizer, task: Task, samples: Sequence[TaskSample], max_new_tokens: int) -> float:
+    """Mean ``task.score`` of greedy completions over ``samples`` (held-out accuracy)."""
+    completions = greedy_completions(model, tokenizer, [s.prompt for s in samples], max_new_tokens)
+    return sum(task.score(c, s) for c, s in zip(completions, samples)) / len(samples)
+
+
+def sft_batch(tokenizer, samples: Sequence[TaskSample]):
+    """Teacher-forcing tensors for prompt + reference + EOS; labels are -100 except answer and EOS."""
+    import torch
+
+    rows, prompt_lens = [], []
+    for s in samples:
+        prompt = tokenizer.encode(s.prompt)
+        rows.append(prompt + tokenizer.encode(s.reference) + [tokenizer.eos_token_id])
+        prompt_lens.append(len(prompt))
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for i, (r, p) in enumerate(zip(rows, prompt_lens)):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+        labels[i, p : len(r)] = ids[i, p : len(r)]
+    return ids, mask, labels
+
+
+def _settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cached(out_dir: Path, digest: str) -> dict | None:
+    record_path = out_dir / SETTINGS_FILE
+    if not (record_path.is_file() and (out_dir / "model.safetensors").is_file()
+            and (out_dir / "tokenizer.json").is_file()):
+        return None
+    record = json.loads(record_path.read_text())
+    return record if record.get("hash") == digest else None
+
+
+def bootstrap_model(
+    out_dir: str | Path,
+    seed: int = 0,
+    *,
+    size: TinyModelSize = TinyModelSize(),
+    task_kwargs: dict | None = None,
+    target_accuracy: float = 0.3,
+    max_steps: int = 3000,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    warmup_steps: int = 50,
+    eval_every: int = 50,
+    eval_size: int = 200,
+    force: bool = False,
+) -> Path:
+    """Build, warm-start (SFT on the arithmetic train split) and save the tiny model; cached by settings.
+
+    Training stops at the first evaluation whose greedy accuracy on ``eval_size``
+    held-out problems is >= ``target_accuracy``, or after ``max_steps``.
+    ``task_kwargs`` go to ``ArithmeticTask`` (operand range, operators; not ``eval_size``).
+    """
+    import torch
+
+    out_dir = Path(out_dir)
+    task_kwargs = dict(task_kwargs or {})
+    settings = {
+        "format_version": FORMAT_VERSION, "seed": seed, "size": dataclasses.asdict(size), "task": task_kwargs,
+        "target_accuracy": target_accuracy, "max_steps": max_steps, "batch_size": batch_size, "lr": lr,
+        "warmup_steps": warmup_steps, "eval_every": eval_every, "eval_size": eval_size,
+    }
+    digest = _settings_hash(settings)
+    if not force and (record := _cached(out_dir, digest)) is not None:
+        log.info("bootstrap: reusing %s (hash %s, held-out accuracy %.3f)", out_dir, digest, record["eval_accuracy"])
+        return out_dir
+
+    task = ArithmeticTask(seed=seed, eval_size=eval_size, **task_kwargs)
+    held_out = list(task.eval)
+    max_new_tokens = task.max_answer_chars + 2  # room for the EOS and one token past it
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(tokenizer, size, seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    # linear warm-up then constant: the run stops early at a target, so no decay horizon exists
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
+    generator = torch.Generator().manual_seed(seed)
+    train = task.train
+    start, step, accuracy, loss_value = time.perf_counter(), 0, 0.0, math.nan
+    log.info("bootstrap: %d params, %d train problems, target held-out accuracy %.2f",
+             sum(p.numel() for p in model.parameters()), len(train), target_accuracy)
+    while step < max_steps:
+        model.train()
+        picks = torch.randint(len(train), (batch_size,), generator=generator).tolist()
+        ids, mask, labels = sft_batch(tokenizer, [train[i] for i in picks])
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        step, loss_value = step + 1, loss.item()
+        if step % eval_every == 0 or step == max_steps:
+            accuracy = greedy_accuracy(model, tokenizer, task, held_out, max_new_tokens)
+            log.info("bootstrap: step %d loss %.4f held-out accuracy %.3f (%.1fs)",
+                     step, loss_value, accuracy, time.perf_counter() - start)
+            if accuracy >= target_accuracy:
+                break
+
+    save_model(model, tokenizer, out_dir)
+    record = {"hash": digest, "settings": settings, "steps": step, "final_loss": loss_value,
+              "eval_accuracy": accuracy, "train_seconds": round(time.perf_counter() - start, 2)}
+    # written last: its presence with a matching hash is what marks the cache complete
+    (out_dir / SETTINGS_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
+    log.info("bootstrap: saved %s after %d steps, held-out accuracy %.3f", out_dir, step, accuracy)
+    return out_dir

@@ -1,0 +1,105 @@
+"""Generated integer arithmetic problems ("37+85=" -> "122"), the CPU demo's task.
+
+Problems are drawn without replacement from the space ``operators x [lo, hi]^2``
+with a seeded RNG; the first ``holdout_fraction`` of the draw is the held-out
+pool (``eval`` is its first ``eval_size`` problems), the rest is ``train``.
+The splits are disjoint by construction and identical for the same seed and
+problem space, whatever ``eval_size`` is.
+
+Scoring rule: the completion is cut at the first end marker (the ``<eos>``
+token text or a newline; an engine that stops at EOS usually drops it
+already), surrounding whitespace is stripped, and the rest must equal the
+reference exactly: a canonical integer, ``-`` for negatives, no leading zeros,
+no spaces or other text. Anything else scores 0.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+from rollouts.tasks.base import Task, TaskSample
+
+END_MARKERS = ("<eos>", "\n")
+MAX_DRAWN = 100_000  # problems drawn per seed: all of a 2-digit space, a sample of larger ones
+OPERATORS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def cut_at_end_marker(text: str) -> str:
+    """The text before the first end marker (``END_MARKERS``), stripped of whitespace."""
+    for marker in END_MARKERS:
+        text = text.split(marker, 1)[0]
+    return text.strip()
+
+
+class ArithmeticTask(Task):
+    """``a<op>b=`` prompts with operands in [min_operand, max_operand]; reward 1 for the exact result."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        eval_size: int = 200,
+        train_size: int | None = None,
+        min_operand: int = 0,
+        max_operand: int = 99,
+        operators: Sequence[str] = ("+",),
+        holdout_fraction: float = 0.1,
+    ):
+        unknown = [op for op in operators if op not in OPERATORS]
+        if not operators or unknown:
+            raise ValueError(
+                f"ArithmeticTask: operators must be a non-empty subset of {sorted(OPERATORS)}, got {list(operators)}"
+            )
+        if not 0 <= min_operand <= max_operand:
+            raise ValueError(
+                f"ArithmeticTask: need 0 <= min_operand <= max_operand, got min_operand={min_operand}, "
+                f"max_operand={max_operand}"
+            )
+        if not 0 < holdout_fraction < 1:
+            raise ValueError(f"ArithmeticTask: holdout_fraction must be in (0, 1), got {holdout_fraction}")
+        self.operators = tuple(operators)
+        self.min_operand, self.max_operand = min_operand, max_operand
+        width = max_operand - min_operand + 1
+        space = len(self.operators) * width * width
+        # The draw depends only on (seed, space), never on eval_size or train_size: the held-out
+        # pool is its first part, so runs that ask for different eval sizes still share one train
+        # split that none of their held-out problems is in. random.sample draws without
+        # replacement and never materialises a large range.
+        order = random.Random(seed).sample(range(space), min(space, MAX_DRAWN))
+        pool = max(1, int(len(order) * holdout_fraction))
+        held_out, rest = order[:pool], order[pool:]
+        train_size = len(rest) if train_size is None else train_size
+        if not 1 <= eval_size <= len(held_out) or not 1 <= train_size <= len(rest):
+            raise ValueError(
+                f"ArithmeticTask: eval_size={eval_size} must be in [1, {len(held_out)}] and train_size={train_size} "
+                f"in [1, {len(rest)}] for operators={list(self.operators)}, operands [{min_operand}, {max_operand}], "
+                f"holdout_fraction={holdout_fraction}"
+            )
+        self._eval = tuple(self._problem(i, width) for i in held_out[:eval_size])
+        self._train = tuple(self._problem(i, width) for i in rest[:train_size])
+
+    def _problem(self, index: int, width: int) -> TaskSample:
+        op_index, rest = divmod(index, width * width)
+        a, b = divmod(rest, width)
+        a, b = a + self.min_operand, b + self.min_operand
+        op = self.operators[op_index]
+        return TaskSample(id=f"{a}{op}{b}", prompt=f"{a}{op}{b}=", reference=str(OPERATORS[op](a, b)))
+
+    @property
+    def train(self) -> Sequence[TaskSample]:
+        return self._train
+
+    @property
+    def eval(self) -> Sequence[TaskSample]:
+        return self._eval
+
+    @property
+    def max_answer_chars(self) -> int:
+        """Longest reference over the whole problem space (sizes generation budgets)."""
+        lo, hi = self.min_operand, self.max_operand
+        corners = [OPERATORS[op](a, b) for op in self.operators for a in (lo, hi) for b in (lo, hi)]
+        return max(len(str(v)) for v in corners)
+
+    def score(self, completion: str, sample: TaskSample) -> float:
+        """1.0 if the completion, cut at its end marker, is exactly the reference; else 0.0."""
+        return 1.0 if cut_at_end_marker(completion) == sample.reference else 0.0

@@ -1,0 +1,96 @@
+"""Warm-start bootstrap: a tiny, short run saves a loadable HF model and is cached by its settings."""
+
+import json
+import logging
+
+import pytest
+import torch
+
+import launch.bootstrap as bootstrap
+from launch.tiny_model import TinyModelSize, build_char_tokenizer, build_tiny_model
+from rollouts.tasks import ArithmeticTask
+
+TINY = TinyModelSize(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                     num_key_value_heads=1, max_position_embeddings=32)
+FAST = dict(size=TINY, max_steps=4, batch_size=8, eval_every=2, eval_size=16, warmup_steps=2)
+
+
+@pytest.fixture(scope="module")
+def cached_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("boot") / "model"
+    return bootstrap.bootstrap_model(out, seed=0, **FAST)
+
+
+def test_bootstrap_saves_a_loadable_hf_model(cached_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for name in ("model.safetensors", "config.json", "tokenizer.json", bootstrap.SETTINGS_FILE):
+        assert (cached_model / name).is_file(), name
+    model = AutoModelForCausalLM.from_pretrained(cached_model)
+    tokenizer = AutoTokenizer.from_pretrained(cached_model)
+    assert model.config.hidden_size == TINY.hidden_size
+    assert tokenizer.decode(tokenizer.encode("37+85=")) == "37+85="
+    record = json.loads((cached_model / bootstrap.SETTINGS_FILE).read_text())
+    assert record["steps"] == 4 and 0.0 <= record["eval_accuracy"] <= 1.0
+    assert record["settings"]["seed"] == 0 and record["settings"]["size"]["hidden_size"] == TINY.hidden_size
+
+
+def test_second_call_reuses_the_cache_without_training(cached_model, monkeypatch, caplog):
+    weights = cached_model / "model.safetensors"
+    before = (weights.stat().st_mtime_ns, weights.read_bytes())
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("bootstrap_model rebuilt the model although the cache matched")
+
+    monkeypatch.setattr(bootstrap, "build_tiny_model", no_training)
+    with caplog.at_level(logging.INFO, logger="launch.bootstrap"):
+        assert bootstrap.bootstrap_model(cached_model, seed=0, **FAST) == cached_model
+    assert "reusing" in caplog.text
+    assert (weights.stat().st_mtime_ns, weights.read_bytes()) == before
+
+
+def test_changed_settings_retrain(cached_model, monkeypatch):
+    calls = []
+    real = bootstrap.build_tiny_model
+    monkeypatch.setattr(bootstrap, "build_tiny_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    bootstrap.bootstrap_model(cached_model, seed=0, **{**FAST, "max_steps": 2})
+    assert calls == [1]
+    assert json.loads((cached_model / bootstrap.SETTINGS_FILE).read_text())["steps"] == 2
+
+
+def test_bootstrap_is_deterministic_and_logs_progress(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="launch.bootstrap"):
+        a = bootstrap.bootstrap_model(tmp_path / "a", seed=1, **{**FAST, "max_steps": 2})
+    b = bootstrap.bootstrap_model(tmp_path / "b", seed=1, **{**FAST, "max_steps": 2})
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert "step 2 loss" in caplog.text and "held-out accuracy" in caplog.text
+
+
+def test_stops_at_target_accuracy(tmp_path):
+    # a target of 0 is met at the first evaluation
+    out = bootstrap.bootstrap_model(tmp_path / "m", seed=0, **{**FAST, "target_accuracy": 0.0})
+    assert json.loads((out / bootstrap.SETTINGS_FILE).read_text())["steps"] == FAST["eval_every"]
+
+
+def test_sft_batch_supervises_only_answer_and_eos():
+    tokenizer = build_char_tokenizer()
+    task = ArithmeticTask(eval_size=10)
+    ids, mask, labels = bootstrap.sft_batch(tokenizer, [task.train[0]])
+    sample = task.train[0]
+    n_prompt, n_answer = len(sample.prompt), len(sample.reference)
+    assert ids.shape[1] == n_prompt + n_answer + 1 and mask.all()
+    assert (labels[0, :n_prompt] == -100).all()
+    assert tokenizer.decode(labels[0, n_prompt:-1].tolist()) == sample.reference
+    assert labels[0, -1] == tokenizer.eos_token_id
+
+
+def test_greedy_helpers_cut_at_eos_and_handle_left_padding():
+    tokenizer = build_char_tokenizer()
+    assert bootstrap.decode_until_eos(tokenizer, tokenizer.encode("12") + [tokenizer.eos_token_id, 5, 6]) == "12"
+    model = build_tiny_model(tokenizer, TINY, seed=0)
+    prompts = ["3+5=", "37+85=", "9+81="]
+    batched = bootstrap.greedy_completions(model, tokenizer, prompts, max_new_tokens=4)
+    single = [bootstrap.greedy_completions(model, tokenizer, [p], max_new_tokens=4)[0] for p in prompts]
+    assert batched == single
+    ids, mask = bootstrap.encode_batch(tokenizer, prompts, pad_left=True)
+    assert torch.equal(bootstrap.position_ids(mask)[0, -4:], torch.arange(4))

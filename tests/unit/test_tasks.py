@@ -1,0 +1,160 @@
+"""Arithmetic and GSM8K tasks: splits, determinism, scoring rules, JSONL validation."""
+
+import asyncio
+import json
+import operator
+
+import pytest
+
+from rollouts.tasks import TASKS, ArithmeticTask, GSM8KTask, TaskSample
+
+OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+
+
+def _solve(prompt: str) -> int:
+    body = prompt.removesuffix("=")
+    for symbol, fn in OPS.items():
+        a, sep, b = body.partition(symbol)
+        if sep:
+            return fn(int(a), int(b))
+    raise AssertionError(f"no operator in {prompt!r}")
+
+
+def test_registry_names_both_tasks():
+    assert TASKS == {"arithmetic": ArithmeticTask, "gsm8k": GSM8KTask}
+
+
+def test_arithmetic_is_deterministic_per_seed():
+    a, b, c = ArithmeticTask(seed=3), ArithmeticTask(seed=3), ArithmeticTask(seed=4)
+    assert a.train == b.train and a.eval == b.eval
+    assert a.eval != c.eval
+
+
+def test_arithmetic_splits_are_disjoint_and_cover_the_space():
+    task = ArithmeticTask(seed=0, eval_size=200)
+    train, held = {s.prompt for s in task.train}, {s.prompt for s in task.eval}
+    assert len(held) == 200 and not train & held
+    assert len(train) == 10_000 - 1_000  # 2-digit "+" space minus its 10% held-out pool
+    assert len({s.id for s in task.train}) == len(task.train)
+
+
+def test_arithmetic_train_split_does_not_depend_on_eval_size():
+    small, large = ArithmeticTask(seed=1, eval_size=50), ArithmeticTask(seed=1, eval_size=1000)
+    assert small.train == large.train
+    assert large.eval[:50] == small.eval
+    assert not {s.prompt for s in large.eval} & {s.prompt for s in small.train}
+
+
+@pytest.mark.parametrize("operators", [("+",), ("-",), ("*",), ("+", "-", "*")])
+def test_arithmetic_references_are_correct(operators):
+    task = ArithmeticTask(seed=2, operators=operators, max_operand=50, eval_size=20, train_size=500)
+    for s in list(task.eval) + list(task.train):
+        assert s.reference == str(_solve(s.prompt))
+        assert s.prompt.endswith("=")
+    assert len(task.train) == 500
+
+
+def test_arithmetic_large_space_is_sampled_not_enumerated():
+    task = ArithmeticTask(seed=0, min_operand=100, max_operand=999, eval_size=100, train_size=2000)
+    assert len(task.train) == 2000
+    assert all(100 <= int(x) <= 999 for s in task.eval for x in s.prompt[:-1].split("+"))
+
+
+def test_arithmetic_max_answer_chars():
+    assert ArithmeticTask().max_answer_chars == 3  # 99+99=198
+    assert ArithmeticTask(operators=("-",), eval_size=10).max_answer_chars == 3  # 0-99=-99
+    assert ArithmeticTask(operators=("*",), eval_size=10).max_answer_chars == 4  # 99*99=9801
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"operators": ("/",)}, {"operators": ()}, {"min_operand": 5, "max_operand": 4}, {"eval_size": 0},
+     {"eval_size": 1001}, {"train_size": 9001}, {"holdout_fraction": 1.0}],
+)
+def test_arithmetic_rejects_bad_settings(kwargs):
+    with pytest.raises(ValueError, match="ArithmeticTask"):
+        ArithmeticTask(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "completion, reward",
+    [("122", 1.0), ("122<eos>", 1.0), ("122<eos>7", 1.0), ("122\n5+5=10", 1.0), (" 122 ", 1.0),
+     ("1220", 0.0), ("0122", 0.0), ("122.0", 0.0), ("12 2", 0.0), ("+122", 0.0), ("", 0.0), ("<eos>122", 0.0),
+     ("121", 0.0), ("122=", 0.0)],
+)
+def test_arithmetic_score_is_exact_match_up_to_end_marker(completion, reward):
+    sample = TaskSample(id="37+85", prompt="37+85=", reference="122")
+    assert ArithmeticTask(eval_size=10).score(completion, sample) == reward
+
+
+def test_arithmetic_score_negative_reference():
+    task = ArithmeticTask(operators=("-",), eval_size=10)
+    sample = TaskSample(id="3-10", prompt="3-10=", reference="-7")
+    assert task.score("-7", sample) == 1.0 and task.score("7", sample) == 0.0 and task.score("- 7", sample) == 0.0
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def _rows(n):
+    return [{"question": f"Tom has {i} apples and buys 1,000 more. How many?",
+             "answer": f"{i} + 1000 = {i + 1000}\n#### {i + 1000:,}"} for i in range(n)]
+
+
+def test_gsm8k_reads_rows_and_holds_out_the_last_ones(tmp_path):
+    path = _write_jsonl(tmp_path / "train.jsonl", _rows(5))
+    task = GSM8KTask(path, eval_size=2, seed=0)
+    assert [s.id for s in task.eval] == ["train.jsonl:4", "train.jsonl:5"]
+    assert sorted(s.id for s in task.train) == [f"train.jsonl:{i}" for i in (1, 2, 3)]
+    assert task.eval[0].reference == "1003"  # "#### 1,003" without the thousands separator
+    assert task.eval[0].prompt == "Question: Tom has 3 apples and buys 1,000 more. How many?\nAnswer:"
+    assert GSM8KTask(path, eval_size=2, seed=0).train == task.train
+
+
+def test_gsm8k_separate_eval_file_and_template(tmp_path):
+    train = _write_jsonl(tmp_path / "train.jsonl", _rows(3))
+    held = _write_jsonl(tmp_path / "test.jsonl", ["", *_rows(4)])  # a blank line is not a row
+    task = GSM8KTask(train, eval_path=held, eval_size=2, template="Q: {question} A:")
+    assert len(task.train) == 3 and [s.id for s in task.eval] == ["test.jsonl:2", "test.jsonl:3"]
+    assert task.eval[0].prompt.startswith("Q: Tom has 0 apples") and task.eval[0].prompt.endswith(" A:")
+
+
+@pytest.mark.parametrize(
+    "bad_row, message",
+    [({"question": "q"}, "missing field 'answer'"), ({"answer": "#### 3"}, "missing field 'question'"),
+     ('{"question": "q", "answer": ', "not valid JSON"), ('["q", "#### 3"]', "expected a JSON object"),
+     ({"question": "q", "answer": 3}, "field 'answer' must be a string"),
+     ({"question": "q", "answer": "it is 3"}, "does not end in '#### <number>'"),
+     ({"question": "q", "answer": "#### "}, "does not end in '#### <number>'")],
+)
+def test_gsm8k_bad_row_names_file_line_and_problem(tmp_path, bad_row, message):
+    path = _write_jsonl(tmp_path / "data.jsonl", [*_rows(2), "", bad_row, *_rows(2)])
+    with pytest.raises(ValueError, match=rf"data\.jsonl:4: .*{message}"):
+        GSM8KTask(path, eval_size=1)
+
+
+def test_gsm8k_too_few_rows_for_eval_size(tmp_path):
+    path = _write_jsonl(tmp_path / "tiny.jsonl", _rows(2))
+    with pytest.raises(ValueError, match="eval_size=2"):
+        GSM8KTask(path, eval_size=2)
+
+
+@pytest.mark.parametrize(
+    "completion, reward",
+    [("He pays 10 + 62 = 72 dollars.\n#### 72", 1.0), ("#### 72<eos>#### 5", 1.0), ("so the answer is 72", 1.0),
+     ("The answer is $\\boxed{72}$.", 1.0), ("#### 72.0", 1.0), ("#### 73", 0.0), ("72 then 12", 0.0),
+     ("no number here", 0.0), ("", 0.0)],
+)
+def test_gsm8k_score_with_math_verify(tmp_path, completion, reward):
+    task = GSM8KTask(_write_jsonl(tmp_path / "d.jsonl", _rows(2)), eval_size=1)
+    sample = TaskSample(id="x", prompt="Question: ...\nAnswer:", reference="72")
+    assert task.score(completion, sample) == reward
+
+
+def test_gsm8k_score_runs_off_the_main_thread(tmp_path):
+    # rewards run in worker threads (rollouts.rewards.score_safely); math-verify's signal timeouts would fail there
+    task = GSM8KTask(_write_jsonl(tmp_path / "d.jsonl", _rows(2)), eval_size=1)
+    sample = TaskSample(id="x", prompt="", reference="1234")
+    assert asyncio.run(asyncio.to_thread(task.score, "#### 1,234", sample)) == 1.0
