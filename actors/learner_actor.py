@@ -6,14 +6,14 @@ import os
 
 import ray
 
+from actors.process_env import worker_env
 from areal.config import TrainConfig
 from areal.types import TrainBatch
 
 
 def learner_env(cfg: TrainConfig, use_gpu: bool) -> dict[str, str]:
     """Environment a learner process needs before DeepSpeed is imported."""
-    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": str(max(1, int(cfg.learner.num_cpus)))}
+    env = worker_env(cfg.learner.num_cpus)
     if not use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
     return env

@@ -7,6 +7,7 @@ import tempfile
 
 import ray
 
+from actors.process_env import worker_env
 from areal.config import TrainConfig
 from areal.types import TrajectoryGroup
 from rollouts.tasks.base import TaskSample
@@ -14,8 +15,7 @@ from rollouts.tasks.base import TaskSample
 
 def rollout_env(cfg: TrainConfig, use_gpu: bool) -> dict[str, str]:
     """Environment a rollout process needs before vLLM is imported."""
-    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING",
-           "OMP_NUM_THREADS": str(max(1, int(cfg.rollout.num_cpus)))}
+    env = worker_env(cfg.rollout.num_cpus, VLLM_LOGGING_LEVEL="WARNING")
     if not use_gpu:
         # the KV cache size comes from engine.kv_cache_gb (VLLM_CPU_KVCACHE_SPACE would override it)
         env["VLLM_TARGET_DEVICE"] = "cpu"
