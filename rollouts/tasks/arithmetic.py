@@ -1,5 +1,10 @@
 """Generated integer arithmetic problems ("37+85=" -> "122"), the CPU demo's task.
 
+The default, two-digit addition with both operands in [10, 99], is sized for
+the CPU demo: every prompt has the same layout, which the tiny model learns
+more reliably than mixed 1- and 2-digit operands, and a partly trained model
+improves under RL within about 100 steps.
+
 Problems are drawn without replacement from the space ``operators x [lo, hi]^2``
 with a seeded RNG; the first ``holdout_fraction`` of the draw is the held-out
 pool (``eval`` is its first ``eval_size`` problems), the rest is ``train``.
@@ -40,7 +45,7 @@ class ArithmeticTask(Task):
         seed: int = 0,
         eval_size: int = 200,
         train_size: int | None = None,
-        min_operand: int = 0,
+        min_operand: int = 10,
         max_operand: int = 99,
         operators: Sequence[str] = ("+",),
         holdout_fraction: float = 0.1,

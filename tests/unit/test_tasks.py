@@ -34,12 +34,17 @@ def test_arithmetic_splits_are_disjoint_and_cover_the_space():
     task = ArithmeticTask(seed=0, eval_size=200)
     train, held = {s.prompt for s in task.train}, {s.prompt for s in task.eval}
     assert len(held) == 200 and not train & held
-    assert len(train) == 10_000 - 1_000  # 2-digit "+" space minus its 10% held-out pool
+    assert len(train) == 90 * 90 - 810  # the [10, 99]^2 "+" space minus its 10% held-out pool
     assert len({s.id for s in task.train}) == len(task.train)
 
 
+def test_arithmetic_default_is_fixed_width_two_digit_addition():
+    task = ArithmeticTask(eval_size=10)
+    assert all(len(s.prompt) == 6 and s.prompt[2] == "+" for s in list(task.eval) + list(task.train[:100]))
+
+
 def test_arithmetic_train_split_does_not_depend_on_eval_size():
-    small, large = ArithmeticTask(seed=1, eval_size=50), ArithmeticTask(seed=1, eval_size=1000)
+    small, large = ArithmeticTask(seed=1, eval_size=50), ArithmeticTask(seed=1, eval_size=800)
     assert small.train == large.train
     assert large.eval[:50] == small.eval
     assert not {s.prompt for s in large.eval} & {s.prompt for s in small.train}
@@ -47,7 +52,7 @@ def test_arithmetic_train_split_does_not_depend_on_eval_size():
 
 @pytest.mark.parametrize("operators", [("+",), ("-",), ("*",), ("+", "-", "*")])
 def test_arithmetic_references_are_correct(operators):
-    task = ArithmeticTask(seed=2, operators=operators, max_operand=50, eval_size=20, train_size=500)
+    task = ArithmeticTask(seed=2, operators=operators, min_operand=0, max_operand=50, eval_size=20, train_size=500)
     for s in list(task.eval) + list(task.train):
         assert s.reference == str(_solve(s.prompt))
         assert s.prompt.endswith("=")
@@ -62,14 +67,15 @@ def test_arithmetic_large_space_is_sampled_not_enumerated():
 
 def test_arithmetic_max_answer_chars():
     assert ArithmeticTask().max_answer_chars == 3  # 99+99=198
-    assert ArithmeticTask(operators=("-",), eval_size=10).max_answer_chars == 3  # 0-99=-99
+    assert ArithmeticTask(operators=("-",), eval_size=10).max_answer_chars == 3  # 10-99=-89
+    assert ArithmeticTask(min_operand=0, max_operand=9, eval_size=1).max_answer_chars == 2  # 9+9=18
     assert ArithmeticTask(operators=("*",), eval_size=10).max_answer_chars == 4  # 99*99=9801
 
 
 @pytest.mark.parametrize(
     "kwargs",
     [{"operators": ("/",)}, {"operators": ()}, {"min_operand": 5, "max_operand": 4}, {"eval_size": 0},
-     {"eval_size": 1001}, {"train_size": 9001}, {"holdout_fraction": 1.0}],
+     {"eval_size": 811}, {"train_size": 7291}, {"holdout_fraction": 1.0}, {"min_operand": -1}],
 )
 def test_arithmetic_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError, match="ArithmeticTask"):
