@@ -79,10 +79,14 @@ class TrainBatch:
     def num_tokens(self) -> int:
         return int(self.loss_mask.sum())
 
+    def select(self, rows: torch.Tensor) -> "TrainBatch":
+        """The batch restricted to ``rows`` (an index tensor)."""
+        return TrainBatch(*(getattr(self, f)[rows] for f in _FIELDS))
+
     def split(self, parts: int) -> list["TrainBatch"]:
         """Row-wise split into ``parts`` near-equal batches (data-parallel ranks, micro-batches)."""
-        chunks = [torch.tensor_split(getattr(self, f), parts) for f in _FIELDS]
-        return [TrainBatch(*(c[i] for c in chunks)) for i in range(parts) if chunks[0][i].shape[0] > 0]
+        rows = torch.arange(self.input_ids.shape[0])
+        return [self.select(chunk) for chunk in torch.tensor_split(rows, parts) if len(chunk) > 0]
 
 
 _FIELDS = ("input_ids", "attention_mask", "loss_mask", "behavior_logprobs", "advantages", "versions")

@@ -85,8 +85,7 @@ class LMLearner:
         for part in torch.tensor_split(rows, self.cfg.minibatches):
             if len(part) == 0:
                 continue
-            mb = TrainBatch(*(getattr(batch, f)[part] for f in ("input_ids", "attention_mask", "loss_mask",
-                                                                 "behavior_logprobs", "advantages", "versions")))
+            mb = batch.select(part)
             current = self._logprobs(mb)
             loss, info = decoupled_ppo_loss(
                 current,
