@@ -63,7 +63,7 @@ class Driver:
         self.emit(0, {"eval/accuracy": initial})
         log.info("step 0: held-out accuracy %.3f", initial)
         training: list[ray.ObjectRef] = []
-        step_started = time.time()
+        step_started = loop_started = time.time()
         while self.version < self.cfg.total_steps:
             self.submit()
             ready, _ = ray.wait(list(self.inflight) + training[:1], num_returns=1, timeout=1.0)
@@ -86,6 +86,7 @@ class Driver:
                 self.emit(self.version, metrics)
             if not training:
                 training = self.maybe_train()
+        loop_seconds = time.time() - loop_started
         final, final_texts = self.evaluate()
         self.emit(self.version, {"eval/accuracy": final})
         checkpoint = self.learners.save_hf(str(self.out_dir / "checkpoints" / "final"))
@@ -93,7 +94,8 @@ class Driver:
         stale = [h["staleness/max"] for h in self.history if "staleness/max" in h]
         return {
             "initial_accuracy": initial, "final_accuracy": final, "steps": self.version,
-            "seconds": time.time() - start, "checkpoint": checkpoint, "outcomes": dict(self.controller.outcomes),
+            "seconds": time.time() - start, "train_loop_seconds": loop_seconds, "checkpoint": checkpoint,
+            "outcomes": dict(self.controller.outcomes),
             "rollout_engine_versions": engine_versions,
             # weights reached the engines: greedy held-out completions that differ from the start
             "eval_completions_changed": sum(a != b for a, b in zip(initial_texts, final_texts)),

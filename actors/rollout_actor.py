@@ -41,8 +41,11 @@ class RolloutActor:
         task = make_task(cfg.task)
         sampling = SamplingConfig(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                                   top_p=cfg.rollout.top_p)
+        tail = cfg.rollout.length_tail_median
         workflow = SingleTurnWorkflow(task, tokenizer, sampling, cfg.rollout.samples_per_prompt,
-                                      cfg.task.reward_timeout_s)
+                                      cfg.task.reward_timeout_s,
+                                      length_tail=(tail, cfg.rollout.length_tail_sigma) if tail else None,
+                                      seed=cfg.seed + rank)
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         weights_root = tempfile.mkdtemp(prefix=f"areal-rollout{rank}-", dir=shm)
         engine = make_engine(cfg.engine, model_path, seed_offset=rank)

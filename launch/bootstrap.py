@@ -83,14 +83,14 @@ def greedy_accuracy(model, tokenizer, task: Task, samples: Sequence[TaskSample],
     return sum(task.score(c, s) for c, s in zip(completions, samples)) / len(samples)
 
 
-def sft_batch(tokenizer, samples: Sequence[TaskSample]):
-    """Teacher-forcing tensors for prompt + reference + EOS; labels are -100 except answer and EOS."""
+def sft_batch(tokenizer, samples: Sequence[TaskSample], answer_suffix: str = ""):
+    """Teacher-forcing tensors for prompt + reference + suffix + EOS; labels are -100 except answer and EOS."""
     import torch
 
     rows, prompt_lens = [], []
     for s in samples:
         prompt = tokenizer.encode(s.prompt)
-        rows.append(prompt + tokenizer.encode(s.reference) + [tokenizer.eos_token_id])
+        rows.append(prompt + tokenizer.encode(s.reference + answer_suffix) + [tokenizer.eos_token_id])
         prompt_lens.append(len(prompt))
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -117,7 +117,8 @@ def _cached(out_dir: Path, digest: str) -> dict | None:
 
 
 def _train_until_target(model, tokenizer, task: ArithmeticTask, seed: int, target_accuracy: float, max_steps: int,
-                        batch_size: int, lr: float, warmup_steps: int, eval_every: int) -> dict:
+                        batch_size: int, lr: float, warmup_steps: int, eval_every: int,
+                        answer_suffix: str = "") -> dict:
     """Teacher-forced SFT on ``task.train``; stops at the first evaluation reaching the target."""
     import torch
 
@@ -133,7 +134,7 @@ def _train_until_target(model, tokenizer, task: ArithmeticTask, seed: int, targe
     while step < max_steps:
         model.train()
         picks = torch.randint(len(train), (batch_size,), generator=generator).tolist()
-        ids, mask, labels = sft_batch(tokenizer, [train[i] for i in picks])
+        ids, mask, labels = sft_batch(tokenizer, [train[i] for i in picks], answer_suffix)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -168,6 +169,7 @@ def bootstrap_model(
     eval_every: int = 25,
     eval_size: int = 200,
     force: bool = False,
+    answer_suffix: str = "",
 ) -> Path:
     """Build, warm-start (SFT on the arithmetic train split) and save the tiny model; cached by settings.
 
@@ -184,6 +186,8 @@ def bootstrap_model(
         "target_accuracy": target_accuracy, "max_steps": max_steps, "batch_size": batch_size, "lr": lr,
         "warmup_steps": warmup_steps, "eval_every": eval_every, "eval_size": eval_size,
     }
+    if answer_suffix:  # only when set, so caches of the default recipe stay valid
+        settings["answer_suffix"] = answer_suffix
     digest = _settings_hash(settings)
     if not force and (record := _cached(out_dir, digest)) is not None:
         log.info("bootstrap: reusing %s (hash %s, held-out accuracy %.3f)", out_dir, digest, record["eval_accuracy"])
@@ -199,7 +203,7 @@ def bootstrap_model(
     try:
         model = build_tiny_model(tokenizer, size, seed)
         result = _train_until_target(model, tokenizer, task, seed, target_accuracy, max_steps, batch_size, lr,
-                                     warmup_steps, eval_every)
+                                     warmup_steps, eval_every, answer_suffix)
     finally:
         torch.set_num_threads(threads)
     save_model(model, tokenizer, out_dir)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
+import random
 from collections import Counter
 
 from areal.types import Trajectory, TrajectoryGroup
@@ -14,9 +17,24 @@ from rollouts.tasks.base import Task, TaskSample
 class SingleTurnWorkflow:
     """prompt -> n samples -> rewards, as one TrajectoryGroup."""
 
-    def __init__(self, task: Task, tokenizer, sampling: SamplingConfig, n: int, reward_timeout_s: float):
+    def __init__(self, task: Task, tokenizer, sampling: SamplingConfig, n: int, reward_timeout_s: float,
+                 length_tail: tuple[int, float] | None = None, seed: int = 0):
         self.task, self.tokenizer, self.sampling, self.n = task, tokenizer, sampling, n
         self.reward_timeout_s = reward_timeout_s
+        self.length_tail = length_tail  # (median, sigma) of a lognormal minimum length, or None
+        self._rng = random.Random(seed)
+
+    def sampling_for_group(self) -> SamplingConfig:
+        """The sampling settings of the next group: a long-tailed minimum length when configured.
+
+        Reasoning outputs have long-tailed lengths, which is what makes synchronous RL wait
+        on stragglers; the benchmark reproduces that on a task whose answers are short.
+        """
+        if self.length_tail is None:
+            return self.sampling
+        median, sigma = self.length_tail
+        length = int(round(math.exp(self._rng.gauss(math.log(median), sigma))))
+        return dataclasses.replace(self.sampling, min_new_tokens=max(1, min(length, self.sampling.max_new_tokens)))
 
     def encode(self, sample: TaskSample) -> list[int]:
         """Prompt token ids (the tokenizer adds whatever special tokens the model expects)."""
@@ -25,7 +43,7 @@ class SingleTurnWorkflow:
     async def run(self, engine: Engine, sample: TaskSample, submit_version: int) -> TrajectoryGroup:
         """Sample the group and score every completion off the event loop."""
         prompt_ids = self.encode(sample)
-        completions = await engine.generate(prompt_ids, self.sampling, self.n)
+        completions = await engine.generate(prompt_ids, self.sampling_for_group(), self.n)
         outcomes = await asyncio.gather(
             *(score_safely(lambda c=c: self.task.score(c.text, sample), self.reward_timeout_s) for c in completions)
         )

@@ -23,6 +23,10 @@ class RolloutConfig:
     """Sampling temperature (the learner scales logits by the same value)."""
     top_p: float = 1.0
     """Nucleus sampling; 1.0 samples from the full distribution the learner trains."""
+    length_tail_median: int = 0
+    """Benchmark workload: if > 0, each group must generate at least L tokens, L ~ lognormal with this median."""
+    length_tail_sigma: float = 1.0
+    """Spread (sigma of log L) of that lognormal; L is capped at max_new_tokens."""
     num_cpus: float = 1.0
     """Ray CPUs reserved per rollout actor."""
     num_gpus: float = 0.0
@@ -42,5 +46,8 @@ class RolloutConfig:
         require(self.max_new_tokens >= 1, "rollout.max_new_tokens", self.max_new_tokens, "an int >= 1")
         require(self.temperature > 0, "rollout.temperature", self.temperature, "a positive float")
         require(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "a float in (0, 1]")
+        require(0 <= self.length_tail_median <= self.max_new_tokens, "rollout.length_tail_median",
+                self.length_tail_median, f"0 (off) or at most rollout.max_new_tokens ({self.max_new_tokens})")
+        require(self.length_tail_sigma > 0, "rollout.length_tail_sigma", self.length_tail_sigma, "a positive float")
         for key in ("generate_timeout_s", "weight_sync_timeout_s", "start_timeout_s"):
             require(getattr(self, key) > 0, f"rollout.{key}", getattr(self, key), "a positive number of seconds")

@@ -11,6 +11,7 @@ class SamplingConfig:
     """How one request is sampled."""
 
     max_new_tokens: int
+    min_new_tokens: int = 0  # EOS is suppressed until this many tokens exist
     temperature: float = 1.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()

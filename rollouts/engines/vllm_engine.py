@@ -146,6 +146,7 @@ class VLLMEngine(Engine):
         params = SamplingParams(
             n=n,
             max_tokens=sampling.max_new_tokens,
+            min_tokens=sampling.min_new_tokens,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             stop=list(sampling.stop) or None,

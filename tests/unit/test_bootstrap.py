@@ -66,10 +66,12 @@ def test_bootstrap_is_deterministic_and_logs_progress(tmp_path, caplog):
     assert "step 2 loss" in caplog.text and "held-out accuracy" in caplog.text
 
 
-def test_stops_at_target_accuracy(tmp_path):
+def test_stops_at_target_accuracy_and_restores_threads(tmp_path):
+    threads = torch.get_num_threads()
     # a target of 0 is met at the first evaluation
     out = bootstrap.bootstrap_model(tmp_path / "m", seed=0, **{**FAST, "target_accuracy": 0.0})
     assert json.loads((out / bootstrap.SETTINGS_FILE).read_text())["steps"] == FAST["eval_every"]
+    assert torch.get_num_threads() == threads  # trained on one thread for reproducibility, then restored
 
 
 def test_sft_batch_supervises_only_answer_and_eos():

@@ -62,3 +62,14 @@ def test_evaluate_is_greedy(tmp_path):
     worker = make_worker(tmp_path, {"e0=": ["0"]})
     assert asyncio.run(worker.evaluate(list(FakeTask().eval), max_new_tokens=4)) == [(1.0, "0")]
     assert worker.engine.calls[-1][1].temperature == 0.0
+
+
+def test_length_tail_draws_long_tailed_minimum_lengths():
+    workflow = SingleTurnWorkflow(FakeTask(), CharTokenizer(), SamplingConfig(max_new_tokens=200), n=2,
+                                  reward_timeout_s=1.0, length_tail=(10, 1.0), seed=0)
+    lengths = sorted(workflow.sampling_for_group().min_new_tokens for _ in range(2000))
+    median, p99 = lengths[1000], lengths[1980]
+    assert 8 <= median <= 12 and p99 > 5 * median and lengths[-1] <= 200
+    plain = SingleTurnWorkflow(FakeTask(), CharTokenizer(), SamplingConfig(max_new_tokens=8), n=2,
+                               reward_timeout_s=1.0)
+    assert plain.sampling_for_group().min_new_tokens == 0
