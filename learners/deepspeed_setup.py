@@ -55,13 +55,30 @@ def deepspeed_config(cfg: LearnerConfig, world_size: int) -> dict:
     }
     if cfg.grad_clip > 0:
         config["gradient_clipping"] = cfg.grad_clip
-    if use_cuda():
+    if use_cuda() and not cfg.gathers_gradients:
+        # DeepSpeed's bf16 optimizer copies gradients into its own fp32 buffers inside backward,
+        # out of reach of a robust aggregator; robust learners therefore train in fp32
         config["bf16"] = {"enabled": True}
     return config
 
 
-def make_engine(model: torch.nn.Module, cfg: LearnerConfig, rdv: Rendezvous):
-    """Wrap ``model`` in a DeepSpeed engine with a plain torch AdamW.
+def lr_factor(cfg: LearnerConfig, total_updates: int):
+    """LR multiplier after ``step`` optimizer steps: linear warm-up, then constant or cosine to 0."""
+    import math
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_decay == "constant":
+            return 1.0
+        progress = (step - cfg.warmup_steps) / max(1, total_updates - cfg.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def make_engine(model: torch.nn.Module, cfg: LearnerConfig, rdv: Rendezvous, total_updates: int = 1):
+    """Wrap ``model`` in a DeepSpeed engine with a plain torch AdamW and the configured LR schedule.
 
     A torch optimizer avoids JIT-building DeepSpeed's fused CPU Adam (~70 s on CPU).
     """
@@ -69,7 +86,9 @@ def make_engine(model: torch.nn.Module, cfg: LearnerConfig, rdv: Rendezvous):
     import deepspeed
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg, rdv.world_size))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total_updates))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                      config=deepspeed_config(cfg, rdv.world_size))
     return engine
 
 

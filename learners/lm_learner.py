@@ -7,18 +7,23 @@ controller by the estimator the config names), and the loss is
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import random
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from areal.algos import decoupled_ppo_loss
 from areal.config import AlgoConfig, LearnerConfig
 from areal.types import TrainBatch
+from learners.checkpoint import CheckpointError, digests, read_state, write_state
 from learners.deepspeed_setup import Rendezvous, full_state_dict, make_engine, use_cuda
+from learners.grad_exchange import GradientExchange
 
 log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
@@ -51,15 +56,17 @@ class LMLearner:
         temperature: float = 1.0,
         rdv: Rendezvous = Rendezvous(),
         seed: int = 0,
+        total_updates: int = 1,
     ):
         from transformers import AutoModelForCausalLM
 
         torch.manual_seed(seed + rdv.rank)
         self.cfg, self.algo, self.temperature, self.rdv = cfg, algo, temperature, rdv
         self.model_path = Path(model_path)
-        dtype = torch.bfloat16 if use_cuda() else torch.float32
+        dtype = torch.bfloat16 if use_cuda() and not cfg.gathers_gradients else torch.float32
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
-        self.engine = make_engine(model, cfg, rdv)
+        self.engine = make_engine(model, cfg, rdv, total_updates)
+        self.exchange = GradientExchange(self.engine, cfg, rdv, seed)
         self.device = self.engine.device
         self.version = 0
 
@@ -100,6 +107,8 @@ class LMLearner:
                 level=self.algo.level,
             )
             self.engine.backward(loss)
+            for key, value in self.exchange.combine().items():
+                stats.setdefault(key, []).append(value)
             self.engine.step()
             for key in ("clip_fraction", "dual_clip_fraction", "dropped_fraction", "behavior_weight_mean",
                         "approx_kl"):
@@ -114,8 +123,66 @@ class LMLearner:
             "learner/behavior_proximal_kl": float(mismatch),
             "learner/tokens": float(mask.sum()),
             "learner/step_seconds": time.perf_counter() - start,
+            "learner/lr": float(self.engine.get_lr()[0]),
         })
         return out
+
+    # -- checkpoints ------------------------------------------------------
+    def training_state(self) -> dict:
+        """Everything besides the weights that continuing this rank's training needs."""
+        return {
+            "optimizer": self.engine.optimizer.state_dict(),
+            "lr_scheduler": self.engine.lr_scheduler.state_dict(),
+            "engine_steps": [self.engine.global_steps, self.engine.global_samples, self.engine.micro_steps],
+            "exchange_steps": self.exchange.steps,
+            "version": self.version,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if use_cuda() else [],
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+            },
+        }
+
+    def write_checkpoint_shard(self, staging: str | Path) -> dict[str, str]:
+        """This rank's part of a checkpoint into ``staging``: {relative path: sha256} of what it wrote.
+
+        Every rank must call it (ZeRO-3 gathers the weights collectively); rank 0 also writes the model.
+        """
+        staging = Path(staging)
+        files = write_state(staging / "learner", f"rank-{self.rdv.rank:03d}", self.training_state())
+        model_dir = self.save_hf(staging / "model")
+        if self.rdv.rank == 0:
+            files += sorted(p for p in model_dir.iterdir() if p.is_file())
+        return digests(staging, files)
+
+    def load_training_state(self, checkpoint: str | Path) -> None:
+        """Continue from a verified checkpoint whose ``model/`` this learner was built from."""
+        path = Path(checkpoint) / "learner"
+        name = f"rank-{self.rdv.rank:03d}"
+        if not (path / f"{name}.safetensors").exists():
+            raise CheckpointError(f"{checkpoint}: no state for learner rank {self.rdv.rank}; it was saved with "
+                                  "another learner.workers; resume with the same number of learners")
+        state = read_state(path, name)
+        self.engine.optimizer.load_state_dict(state["optimizer"])
+        self.engine.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.engine.global_steps, self.engine.global_samples, self.engine.micro_steps = state["engine_steps"]
+        self.exchange.steps = state["exchange_steps"]
+        self.version = state["version"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and use_cuda():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+
+    def weights_digest(self) -> str:
+        """sha256 over every parameter's bytes: equal across ranks while replicas are identical."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(full_state_dict(self.engine, self.cfg.zero_stage).items()):
+            digest.update(name.encode())
+            digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
 
     # -- weights ----------------------------------------------------------
     def save_hf(self, path: str | Path) -> Path:

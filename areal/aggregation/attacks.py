@@ -1,10 +1,13 @@
 """Byzantine attack simulators for tests and benchmarks (ALGORITHMS.md §5).
 
 ``apply_attack(name, grads, byzantine)`` returns a copy of grads [n, d] whose
-rows listed in ``byzantine`` are replaced by what an attacker sends. Each
-attack computes from the attackers' own honest gradients (the rows it
-replaces), never from the honest workers' rows; randomness comes only from the
-given generator.
+rows listed in ``byzantine`` are replaced by what an attacker sends.
+Attacks that need population statistics ("a little is enough", "fall of
+empires") compute them from the rows the attackers know: by default their own
+honest gradients only; with ``omniscient=True`` every worker's honest gradient,
+the stronger threat model those papers evaluate (and the only meaningful one
+with a single attacker, whose own rows have no spread). Randomness comes only
+from the given generator.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
-AttackFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+AttackFn = Callable[..., torch.Tensor]  # (own [k, d], generator, known [j, d]) -> sent [k, d]
 
 
 def _std(rows: torch.Tensor) -> torch.Tensor:
@@ -21,37 +24,38 @@ def _std(rows: torch.Tensor) -> torch.Tensor:
     return rows.std(dim=0) if rows.shape[0] > 1 else torch.zeros_like(rows[0])
 
 
-def random_uniform(own: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def random_uniform(own: torch.Tensor, gen: torch.Generator, known: torch.Tensor) -> torch.Tensor:
     """Each attacker sends U[0, 1)^d."""
     return torch.rand(own.shape, generator=gen, dtype=own.dtype)
 
 
-def reverse(own: torch.Tensor, gen: torch.Generator, scale: float = 10.0) -> torch.Tensor:
+def reverse(own: torch.Tensor, gen: torch.Generator, known: torch.Tensor, scale: float = 10.0) -> torch.Tensor:
     """Each attacker sends -10 x its own gradient."""
     return -scale * own
 
 
-def sign_flip(own: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def sign_flip(own: torch.Tensor, gen: torch.Generator, known: torch.Tensor) -> torch.Tensor:
     """Each attacker sends its own gradient negated."""
     return -own
 
 
-def little_is_enough(own: torch.Tensor, gen: torch.Generator, z: float = 0.21) -> torch.Tensor:
-    """"A little is enough" (Baruch et al. 2019): all send mean - z std of the attackers' gradients."""
-    return (own.mean(dim=0) - z * _std(own)).expand_as(own).clone()
+def little_is_enough(own: torch.Tensor, gen: torch.Generator, known: torch.Tensor, z: float = 0.21) -> torch.Tensor:
+    """"A little is enough" (Baruch et al. 2019): all send mean - z std of the known gradients."""
+    return (known.mean(dim=0) - z * _std(known)).expand_as(own).clone()
 
 
-def fall_of_empires(own: torch.Tensor, gen: torch.Generator, scale: float = 0.1) -> torch.Tensor:
-    """"Fall of empires" (Xie et al. 2020): all send -0.1 x the attackers' mean gradient."""
-    return (-scale * own.mean(dim=0)).expand_as(own).clone()
+def fall_of_empires(own: torch.Tensor, gen: torch.Generator, known: torch.Tensor, scale: float = 0.1) -> torch.Tensor:
+    """"Fall of empires" (Xie et al. 2020): all send -0.1 x the mean of the known gradients."""
+    return (-scale * known.mean(dim=0)).expand_as(own).clone()
 
 
-def gaussian_noise(own: torch.Tensor, gen: torch.Generator, std: float = 100.0) -> torch.Tensor:
+def gaussian_noise(own: torch.Tensor, gen: torch.Generator, known: torch.Tensor, std: float = 100.0) -> torch.Tensor:
     """Each attacker sends N(0, std^2 I) noise."""
     return std * torch.randn(own.shape, generator=gen, dtype=own.dtype)
 
 
-def dropped_coordinates(own: torch.Tensor, gen: torch.Generator, fraction: float = 0.5) -> torch.Tensor:
+def dropped_coordinates(own: torch.Tensor, gen: torch.Generator, known: torch.Tensor,
+                        fraction: float = 0.5) -> torch.Tensor:
     """Each attacker sends its own gradient with a random ``fraction`` of coordinates zeroed."""
     keep = torch.rand(own.shape, generator=gen) >= fraction
     return own * keep.to(own.dtype)
@@ -73,6 +77,7 @@ def apply_attack(
     grads: torch.Tensor,
     byzantine: Sequence[int],
     generator: torch.Generator | None = None,
+    omniscient: bool = False,
     **params,
 ) -> torch.Tensor:
     """Copy of grads [n, d] with the ``byzantine`` rows replaced by attack ``name``."""
@@ -86,6 +91,7 @@ def apply_attack(
     if not idx:
         return out
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    sent = ATTACKS[name](grads[idx].cpu(), gen, **params)
+    own = grads[idx].cpu()
+    sent = ATTACKS[name](own, gen, grads.cpu() if omniscient else own, **params)
     out[idx] = sent.to(device=grads.device, dtype=grads.dtype)
     return out

@@ -69,6 +69,22 @@ def _span_coordinates(gram: torch.Tensor, eps: float) -> tuple[torch.Tensor, tor
     return s.sqrt()[:, None] * v.T, v / s.sqrt()[None, :]
 
 
+def _irls(coords: torch.Tensor, u: torch.Tensor | None, proj: torch.Tensor, m: int, lam: float, iters: int):
+    """Up to ``iters`` IRLS steps from Y (span coordinates ``u`` [r, m'], or None for a start outside
+    the span) with projections ``proj`` = Y^T X; a step is kept only if it lowers E(Y)."""
+    energy = flag_objective(proj)
+    for _ in range(iters):
+        a = coords @ _irls_gram(proj, lam) @ coords.T
+        evals, evecs = torch.linalg.eigh((a + a.T) / 2)
+        top = evecs[:, torch.argsort(evals, descending=True)[: min(m, coords.shape[0])]]
+        new_proj = top.T @ coords
+        new_energy = flag_objective(new_proj)
+        if not new_energy < energy:
+            break
+        u, proj, energy = top, new_proj, new_energy
+    return u, proj
+
+
 def _validate(grads: torch.Tensor, m: int, lam: float, iters: int, init: torch.Tensor | None, rescale) -> None:
     if grads.dim() != 2:
         raise ValueError(f"flag_aggregate: grads must be [n_workers, d], got shape {tuple(grads.shape)}")
@@ -126,17 +142,7 @@ def flag_aggregate(
         d, m, grads.dtype, grads.device
     )
     proj = (y0.T @ grads.T).double()[:, live] * inv[None, :]  # [m, p] = Y0^T X
-    energy = flag_objective(proj)
-    u = None  # None: Y is still Y0; else Y = Q u with u [r, m'] in span coordinates
-    for _ in range(iters):
-        a = coords @ _irls_gram(proj, lam) @ coords.T
-        evals, evecs = torch.linalg.eigh((a + a.T) / 2)
-        top = evecs[:, torch.argsort(evals, descending=True)[: min(m, coords.shape[0])]]
-        new_proj = top.T @ coords
-        new_energy = flag_objective(new_proj)
-        if not new_energy < energy:
-            break
-        u, proj, energy = top, new_proj, new_energy
+    u, proj = _irls(coords, None, proj, m, lam, iters)  # u None: Y is still Y0
 
     summed = proj.sum(dim=1)  # Y^T sum_i x_i  [m']
     if u is None:
@@ -174,3 +180,40 @@ def flag(
     if m is None:
         m = max(1, (grads.shape[0] - f) // 2)
     return flag_aggregate(grads, m, lam=lam, iters=iters, init=init, rescale=rescale)
+
+
+def flag_coefficients(
+    gram: torch.Tensor, m: int, lam: float = 0.0, iters: int = 1, rescale: Rescale = None, eps: float = 1e-7
+) -> torch.Tensor:
+    """Flag from the raw Gram matrix G = g g^T [n, n] alone: coefficients c [n] with output g^T c.
+
+    For aggregation over buckets (``areal.aggregation.bucketed``), where no rank
+    holds the n full gradients. The start is the top-m principal directions of
+    the normalised x_i (data-dependent and inside their span, so no d x m random
+    matrix is needed); with that start it equals ``flag_aggregate(grads, m, lam,
+    iters, init=<those directions>, rescale)``. ``eps`` is the rank cut-off's
+    relative precision (the gradients' dtype eps).
+    """
+    gram = gram.double()
+    n = gram.shape[0]
+    if m < 1:
+        raise ValueError(f"flag_coefficients: m (subspace dimension) must be >= 1, got {m}")
+    if rescale not in (None, "median_norm"):
+        raise ValueError(f"flag_coefficients: rescale must be None or 'median_norm', got {rescale!r}")
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    live = norms > 0
+    coef = torch.zeros(n, dtype=torch.float64)
+    if not bool(live.any()):
+        return coef
+    inv = 1.0 / norms[live]
+    coords, basis = _span_coordinates(gram[live][:, live] * inv[:, None] * inv[None, :], eps)
+    # coords coords^T = diag(S): the principal directions are unit vectors in span coordinates
+    start = torch.eye(coords.shape[0], dtype=torch.float64)[:, torch.argsort(
+        (coords**2).sum(dim=1), descending=True)[: min(m, coords.shape[0])]]
+    u, proj = _irls(coords, start, start.T @ coords, m, lam, iters)
+    coef[live] = (basis @ (u @ proj.sum(dim=1))) * inv / m
+    if rescale == "median_norm":
+        out_norm = (coef @ gram @ coef).clamp_min(0).sqrt()
+        if out_norm > 0:
+            coef = coef * (norms[live].median() / out_norm)
+    return coef

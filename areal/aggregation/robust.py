@@ -48,7 +48,11 @@ def trimmed_mean(grads: torch.Tensor, f: int = 0) -> torch.Tensor:
 
 def pairwise_sq_distances(grads: torch.Tensor) -> torch.Tensor:
     """||g_i - g_j||^2 [n, n] via the Gram matrix: O(n^2 d) time, O(n^2) extra memory."""
-    gram = (grads @ grads.T).double()
+    return sq_distances_from_gram((grads @ grads.T).double())
+
+
+def sq_distances_from_gram(gram: torch.Tensor) -> torch.Tensor:
+    """||g_i - g_j||^2 = G_ii + G_jj - 2 G_ij, clamped at 0 against rounding."""
     sq = gram.diagonal()
     dist = (sq[:, None] + sq[None, :] - 2 * gram).clamp_min(0)
     dist.fill_diagonal_(0.0)
@@ -83,18 +87,26 @@ def bulyan(grads: torch.Tensor, f: int = 0) -> torch.Tensor:
     """Bulyan: pick theta = n - 2f gradients one by one by Krum on the rest, then per
     coordinate average the beta = theta - 2f values closest to the median. Needs n >= 4f + 3.
     """
-    n = grads.shape[0]
     check_grads(grads, f, "bulyan", 4 * f + 3, "n >= 4f + 3")
-    dist = pairwise_sq_distances(grads)
-    remaining = list(range(n))
+    return bulyan_coordinates(grads[bulyan_selection(pairwise_sq_distances(grads), f)], f)
+
+
+def bulyan_selection(dist: torch.Tensor, f: int) -> list[int]:
+    """Bulyan's first phase: theta = n - 2f indices, each the Krum choice among those not yet picked."""
+    remaining = list(range(dist.shape[0]))
     chosen = []
-    for _ in range(n - 2 * f):
+    for _ in range(dist.shape[0] - 2 * f):
         sub = dist[remaining][:, remaining]
         pick = remaining[int(torch.argmin(krum_scores(sub, f)))]
         chosen.append(pick)
         remaining.remove(pick)
-    selected = grads[chosen]  # [theta, d]
-    beta = len(chosen) - 2 * f
+    return chosen
+
+
+def bulyan_coordinates(selected: torch.Tensor, f: int) -> torch.Tensor:
+    """Bulyan's second phase on the theta selected rows: per coordinate, the mean of the
+    beta = theta - 2f values closest to the median."""
+    beta = selected.shape[0] - 2 * f
     med = selected.median(dim=0).values
     closest = (selected - med).abs().argsort(dim=0, stable=True)[:beta]
     return selected.gather(0, closest).mean(dim=0)
@@ -117,3 +129,50 @@ def geometric_median(
         if moved <= tol * torch.linalg.vector_norm(z).clamp_min(eps):
             break
     return z
+
+
+# -- the same rules from the Gram matrix alone (for aggregation over buckets) --------------------
+# Each returns coefficients c [n] (float64) with aggregate = g^T c, so a rank can apply the rule to
+# one bucket of coordinates at a time after accumulating G = g g^T over all buckets.
+
+
+def mean_coefficients(gram: torch.Tensor, f: int = 0) -> torch.Tensor:
+    """c_i = 1/n."""
+    return torch.full((gram.shape[0],), 1.0 / gram.shape[0], dtype=torch.float64)
+
+
+def krum_coefficients(gram: torch.Tensor, f: int = 0) -> torch.Tensor:
+    """One-hot on the lowest Krum score (as ``krum``)."""
+    scores = krum_scores(sq_distances_from_gram(gram.double()), f)
+    coef = torch.zeros(gram.shape[0], dtype=torch.float64)
+    coef[int(torch.argmin(scores))] = 1.0
+    return coef
+
+
+def multi_krum_coefficients(gram: torch.Tensor, f: int = 0) -> torch.Tensor:
+    """1/(n - f - 2) on the n - f - 2 lowest Krum scores (as ``multi_krum``)."""
+    n = gram.shape[0]
+    scores = krum_scores(sq_distances_from_gram(gram.double()), f)
+    coef = torch.zeros(n, dtype=torch.float64)
+    coef[torch.argsort(scores, stable=True)[: n - f - 2]] = 1.0 / (n - f - 2)
+    return coef
+
+
+def geometric_median_coefficients(
+    gram: torch.Tensor, f: int = 0, max_iter: int = 100, tol: float = 1e-7, eps: float = 1e-8
+) -> torch.Tensor:
+    """Weiszfeld's iteration (as ``geometric_median``) on the coefficients of z = g^T c:
+    ||g_i - z||^2 = G_ii - 2 (G c)_i + c^T G c, so no d-dimensional vector is formed."""
+    gram = gram.double()
+    n = gram.shape[0]
+    coef = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    for _ in range(max_iter):
+        gc = gram @ coef
+        dist = (gram.diagonal() - 2 * gc + coef @ gc).clamp_min(0).sqrt()
+        w = 1.0 / dist.clamp_min(eps)
+        step = w / w.sum() - coef
+        coef = coef + step
+        moved = (step @ gram @ step).clamp_min(0).sqrt()
+        if moved <= tol * (coef @ gram @ coef).clamp_min(0).sqrt().clamp_min(eps):
+            break
+    return coef

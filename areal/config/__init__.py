@@ -7,13 +7,15 @@ Hydra's ConfigStore so every YAML key is checked against these types, and each
 
 from areal.config.algo import AlgoConfig
 from areal.config.engine import EngineConfig
-from areal.config.experiment import ClusterConfig, LoggingConfig, TrainConfig
-from areal.config.learner import LearnerConfig
+from areal.config.experiment import CheckpointConfig, ClusterConfig, LoggingConfig, TrainConfig
+from areal.config.learner import ByzantineConfig, LearnerConfig
 from areal.config.rollout import RolloutConfig
 from areal.config.task import TaskConfig
 
 __all__ = [
     "AlgoConfig",
+    "ByzantineConfig",
+    "CheckpointConfig",
     "ClusterConfig",
     "EngineConfig",
     "LearnerConfig",

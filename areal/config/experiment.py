@@ -43,6 +43,22 @@ class ClusterConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Complete training-state checkpoints (``checkpoint.*``) under ``out_dir/checkpoints``."""
+
+    every: int = 0
+    """Save every this many steps (0 = only at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept; older ones are deleted after each save."""
+    resume: bool = False
+    """Continue from the newest checkpoint that verifies (corrupted or partial ones are skipped)."""
+
+    def __post_init__(self):
+        require(self.every >= 0, "checkpoint.every", self.every, "an int >= 0")
+        require(self.keep_last >= 1, "checkpoint.keep_last", self.keep_last, "an int >= 1")
+
+
+@dataclass
 class TrainConfig:
     """An asynchronous RL run."""
 
@@ -58,8 +74,7 @@ class TrainConfig:
     """Train steps (policy versions) to run."""
     eval_every: int = 10
     """Held-out evaluation every this many steps (and at the start and the end); 0 = start and end only."""
-    checkpoint_every: int = 0
-    """Save a Hugging Face checkpoint every this many steps (0 = only at the end)."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -72,6 +87,5 @@ class TrainConfig:
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an int >= 1")
         require(self.total_steps >= 1, "total_steps", self.total_steps, "an int >= 1")
         require(self.eval_every >= 0, "eval_every", self.eval_every, "an int >= 0")
-        require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "an int >= 0")
         require(self.rollout.max_new_tokens < self.engine.max_model_len, "rollout.max_new_tokens",
                 self.rollout.max_new_tokens, f"fewer than engine.max_model_len ({self.engine.max_model_len}) tokens")

@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import List
 
 from areal.config._checks import require
+
+AGGREGATORS = ("mean", "flag", "coordinate_median", "trimmed_mean", "krum", "multi_krum", "bulyan", "geometric_median")
+ATTACKS = ("random", "reverse", "sign_flip", "little_is_enough", "fall_of_empires", "gaussian", "dropped_coordinates")
+
+
+@dataclass
+class ByzantineConfig:
+    """Simulated Byzantine learners (``learner.byzantine.*``), for robustness tests and benchmarks only."""
+
+    ranks: List[int] = field(default_factory=list)
+    """Learner ranks whose gradient is replaced by the attack; empty = off."""
+    attack: str = "reverse"
+    """One of random, reverse, sign_flip, little_is_enough, fall_of_empires, gaussian, dropped_coordinates."""
+    omniscient: bool = True
+    """Attackers see every rank's honest gradient (the threat model of ALIE and fall-of-empires)."""
+
+    def __post_init__(self):
+        require(self.attack in ATTACKS, "learner.byzantine.attack", self.attack, f"one of {', '.join(ATTACKS)}")
+        require(len(set(self.ranks)) == len(self.ranks), "learner.byzantine.ranks", self.ranks, "distinct ranks")
 
 
 @dataclass
@@ -27,6 +47,26 @@ class LearnerConfig:
     """Ray CPUs per learner actor."""
     num_gpus: float = 0.0
     """Ray GPUs per learner actor (1 on GPU machines)."""
+    warmup_steps: int = 0
+    """Optimizer steps of linear learning-rate warm-up from 0."""
+    lr_decay: str = "constant"
+    """After warm-up: constant, or cosine to 0 over the run's optimizer steps."""
+    aggregator: str = "mean"
+    """How ranks combine gradients: mean (DeepSpeed all-reduce) or a robust rule: flag, coordinate_median,
+    trimmed_mean, krum, multi_krum, bulyan, geometric_median (ZeRO stage 0 only; docs/learners.md)."""
+    aggregator_f: int = 0
+    """f, the number of Byzantine learners the robust rule must tolerate."""
+    flag_m: int = 0
+    """Flag: subspace dimension (0 = max(1, (workers - f) // 2))."""
+    flag_lam: float = 0.0
+    """Flag: weight of the pairwise (augmented) term."""
+    flag_iters: int = 1
+    """Flag: IRLS iterations."""
+    flag_rescale: str = "median_norm"
+    """Flag: median_norm scales the output to the median gradient norm; none keeps the raw estimate."""
+    aggregation_bucket_mb: float = 64.0
+    """Robust rules exchange gradients in buckets of this size (each rank holds workers x bucket)."""
+    byzantine: ByzantineConfig = field(default_factory=ByzantineConfig)
     step_timeout_s: float = 900.0
     """A train step that takes longer fails with an error naming the learner."""
     start_timeout_s: float = 900.0
@@ -39,5 +79,39 @@ class LearnerConfig:
         require(self.grad_clip >= 0, "learner.grad_clip", self.grad_clip, "a float >= 0 (0 = off)")
         require(self.minibatches >= 1, "learner.minibatches", self.minibatches, "an int >= 1")
         require(self.zero_stage in (0, 1, 2, 3), "learner.zero_stage", self.zero_stage, "0, 1, 2 or 3")
+        require(self.warmup_steps >= 0, "learner.warmup_steps", self.warmup_steps, "an int >= 0")
+        require(self.lr_decay in ("constant", "cosine"), "learner.lr_decay", self.lr_decay, "constant or cosine")
+        require(self.aggregator in AGGREGATORS, "learner.aggregator", self.aggregator,
+                f"one of {', '.join(AGGREGATORS)}")
+        require(self.aggregator_f >= 0, "learner.aggregator_f", self.aggregator_f, "an int >= 0")
+        require(self.flag_m >= 0, "learner.flag_m", self.flag_m, "an int >= 0 (0 = default)")
+        require(self.flag_lam >= 0, "learner.flag_lam", self.flag_lam, "a float >= 0")
+        require(self.flag_iters >= 1, "learner.flag_iters", self.flag_iters, "an int >= 1")
+        require(self.flag_rescale in ("median_norm", "none"), "learner.flag_rescale", self.flag_rescale,
+                "median_norm or none")
+        require(self.aggregation_bucket_mb > 0, "learner.aggregation_bucket_mb", self.aggregation_bucket_mb,
+                "a positive number of MiB")
+        require(all(0 <= r < self.workers for r in self.byzantine.ranks), "learner.byzantine.ranks",
+                self.byzantine.ranks, f"ranks in [0, learner.workers={self.workers})")
+        require(not self.gathers_gradients or self.zero_stage == 0, "learner.zero_stage", self.zero_stage,
+                f"0 with learner.aggregator={self.aggregator} or learner.byzantine.ranks set: robust rules need "
+                "each rank's whole gradient, which ZeRO stages 1-3 reduce inside DeepSpeed's backward "
+                "(use learner.aggregator=mean for ZeRO)")
+        if self.aggregator != "mean" or self.byzantine.ranks:
+            from areal.aggregation.bucketed import check_rule  # torch-only; keeps config import light otherwise
+
+            check_rule(self.aggregator, self.workers, self.aggregator_f)
         for key in ("step_timeout_s", "start_timeout_s"):
             require(getattr(self, key) > 0, f"learner.{key}", getattr(self, key), "a positive number of seconds")
+
+    @property
+    def gathers_gradients(self) -> bool:
+        """True when ranks exchange whole gradients instead of DeepSpeed's all-reduce."""
+        return self.aggregator != "mean" or bool(self.byzantine.ranks)
+
+    def aggregator_params(self) -> dict:
+        """The rule's keyword parameters (Flag's; the others take only f)."""
+        if self.aggregator != "flag":
+            return {}
+        return {"m": self.flag_m or None, "lam": self.flag_lam, "iters": self.flag_iters,
+                "rescale": None if self.flag_rescale == "none" else self.flag_rescale}

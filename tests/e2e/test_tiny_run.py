@@ -8,7 +8,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, ray_session):
     from launch.config_loader import load_config
     from launch.train import train
 
@@ -39,10 +39,28 @@ def test_no_trained_sample_exceeded_the_staleness_bound(finished_run):
 
 
 def test_outputs_are_where_the_readme_says(finished_run):
-    _, out, summary = finished_run
-    assert (out / "checkpoints" / "final" / "model.safetensors").exists()
+    cfg, out, summary = finished_run
+    assert (out / "checkpoints" / f"step-{cfg.total_steps:08d}" / "model" / "model.safetensors").exists()
     assert (out / "config.yaml").exists() and (out / "summary.json").exists()
     assert any((out / "tensorboard").iterdir())
     from transformers import AutoModelForCausalLM
 
-    AutoModelForCausalLM.from_pretrained(summary["checkpoint"])
+    AutoModelForCausalLM.from_pretrained(f"{summary['checkpoint']}/model")
+
+
+def test_a_resumed_run_continues_from_the_last_checkpoint(finished_run, tmp_path):
+    import shutil
+
+    from launch.config_loader import load_config
+    from launch.train import train
+
+    cfg, out, _ = finished_run
+    shutil.copytree(out / "checkpoints", tmp_path / "checkpoints")
+    more = cfg.total_steps + 2
+    cfg2, resolved = load_config(["experiment=ci_tiny", f"out_dir={tmp_path}", f"total_steps={more}",
+                                  "checkpoint.resume=true"])
+    summary = train(cfg2, resolved)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["staleness/version"] for r in rows if "learner/loss" in r] == [cfg.total_steps + 1.0, float(more)]
+    assert summary["rollout_engine_versions"] == [more]
+    assert (tmp_path / "checkpoints" / f"step-{more:08d}" / "manifest.json").exists()

@@ -24,8 +24,34 @@ def test_the_demo_preset_composes_into_typed_dataclasses():
         ("rollout.max_new_tokens=999", "rollout.max_new_tokens"),
         ("experiment=nope", "experiment/nope"),
         ("task.type=gsm8k", "task.path"),
+        ("learner.aggregator=median", "learner.aggregator"),
+        ("learner.byzantine.attack=loud", "learner.byzantine.attack"),
+        ("learner.byzantine.ranks=[3]", "learner.byzantine.ranks"),
+        ("checkpoint.keep_last=0", "checkpoint.keep_last"),
+        ("learner.lr_decay=linear", "learner.lr_decay"),
     ],
 )
 def test_bad_values_fail_at_load_naming_the_field(override, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load_config([override])
+
+
+def test_a_robust_aggregator_refuses_groups_too_small_for_f_and_zero_stages_it_cannot_see():
+    with pytest.raises(ConfigError, match=r"bulyan needs n >= 4f \+ 3 \(learner.workers=5, learner.aggregator_f=1\)"):
+        load_config(["learner.workers=5", "learner.aggregator=bulyan", "learner.aggregator_f=1"])
+    with pytest.raises(ConfigError, match="learner.zero_stage.*use learner.aggregator=mean for ZeRO"):
+        load_config(["learner.workers=3", "learner.aggregator=krum", "learner.zero_stage=2"])
+    cfg, _ = load_config(["learner.workers=5", "learner.aggregator=flag", "learner.aggregator_f=1",
+                          "learner.byzantine.ranks=[4]", "learner.byzantine.attack=little_is_enough"])
+    assert cfg.learner.gathers_gradients and cfg.learner.byzantine.ranks == [4]
+    assert cfg.learner.aggregator_params() == {"m": None, "lam": 0.0, "iters": 1, "rescale": "median_norm"}
+
+
+def test_the_learning_rate_warms_up_linearly_then_follows_a_cosine_to_zero():
+    from areal.config import LearnerConfig
+    from learners.deepspeed_setup import lr_factor
+
+    factor = lr_factor(LearnerConfig(warmup_steps=4, lr_decay="cosine"), total_updates=14)
+    assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert factor(9) == pytest.approx(0.5) and factor(14) == pytest.approx(0.0) and factor(99) == pytest.approx(0.0)
+    assert lr_factor(LearnerConfig(), 10)(7) == 1.0

@@ -1,0 +1,184 @@
+"""Complete training-state checkpoints: verifiable, atomic, and never unpickled.
+
+Layout of ``<out_dir>/checkpoints/step-00000040/``::
+
+    model/                     Hugging Face directory (safetensors + config + tokenizer), rank 0
+    learner/rank-000.safetensors   that rank's optimizer, LR-scheduler and RNG tensors
+    learner/rank-000.json          the same state's non-tensor skeleton (plain JSON)
+    manifest.json              step, policy version, run state, world size, sha256 of every file
+
+Ranks write into a hidden staging directory; rank 0 writes the manifest last
+and renames the directory into place, so a directory named ``step-*`` is
+complete unless its bytes changed later, which the digests catch. Loading
+verifies the manifest and every digest before reading anything and reads
+tensors with safetensors and structure with ``json``: no pickle anywhere, so
+a checkpoint from an untrusted source cannot run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+FORMAT = "areal-checkpoint-v1"
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is partial, corrupted or does not fit this run."""
+
+
+# -- nested state <-> (tensors, JSON skeleton) ----------------------------------------------------
+def pack_state(tree: Any) -> tuple[dict[str, torch.Tensor], Any]:
+    """Split nested dicts/lists/tuples of tensors, arrays and JSON scalars into safetensors + JSON.
+
+    Anything else (an arbitrary object) is refused with its path, rather than pickled.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+
+    def encode(node: Any, path: str) -> Any:
+        if isinstance(node, torch.Tensor):
+            tensors[path] = node.detach().cpu().contiguous().clone()
+            return {"__tensor__": path}
+        if isinstance(node, np.ndarray):
+            tensors[path] = torch.from_numpy(np.ascontiguousarray(node).copy())
+            return {"__ndarray__": path}
+        if isinstance(node, dict):
+            return {"__dict__": [[encode(k, f"{path}.k{i}"), encode(v, f"{path}.{k}")]
+                                 for i, (k, v) in enumerate(node.items())]}
+        if isinstance(node, (list, tuple)):
+            items = [encode(v, f"{path}.{i}") for i, v in enumerate(node)]
+            return {"__tuple__": items} if isinstance(node, tuple) else items
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        if isinstance(node, np.generic):
+            return node.item()
+        raise CheckpointError(f"cannot checkpoint {path or 'state'}: a {type(node).__name__} is not a tensor, "
+                              "array, container or JSON scalar")
+
+    return tensors, encode(tree, "")
+
+
+def unpack_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of ``pack_state``."""
+    if isinstance(skeleton, list):
+        return [unpack_state(v, tensors) for v in skeleton]
+    if isinstance(skeleton, dict):
+        if "__tensor__" in skeleton:
+            return tensors[skeleton["__tensor__"]]
+        if "__ndarray__" in skeleton:
+            return tensors[skeleton["__ndarray__"]].numpy()
+        if "__tuple__" in skeleton:
+            return tuple(unpack_state(v, tensors) for v in skeleton["__tuple__"])
+        return {unpack_state(k, tensors): unpack_state(v, tensors) for k, v in skeleton["__dict__"]}
+    return skeleton
+
+
+def write_state(directory: Path, name: str, state: Any) -> list[Path]:
+    """``name.safetensors`` + ``name.json`` in ``directory``; returns both paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors, skeleton = pack_state(state)
+    save_file(tensors, str(directory / f"{name}.safetensors"))
+    (directory / f"{name}.json").write_text(json.dumps(skeleton))
+    return [directory / f"{name}.safetensors", directory / f"{name}.json"]
+
+
+def read_state(directory: Path, name: str) -> Any:
+    tensors = load_file(str(directory / f"{name}.safetensors"))
+    return unpack_state(json.loads((directory / f"{name}.json").read_text()), tensors)
+
+
+# -- the store --------------------------------------------------------------------------------------
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def digests(root: Path, paths: list[Path]) -> dict[str, str]:
+    """{path relative to ``root``: sha256} for the files a rank wrote."""
+    return {str(p.relative_to(root)): sha256(p) for p in paths}
+
+
+class CheckpointStore:
+    """The ``step-*`` checkpoints under one directory: stage, commit, verify, find the newest good one."""
+
+    def __init__(self, root: str | Path, keep_last: int = 2):
+        if keep_last < 1:
+            raise ValueError(f"checkpoint.keep_last must be >= 1, got {keep_last}")
+        self.root, self.keep_last = Path(root), keep_last
+
+    def staging_dir(self, step: int) -> Path:
+        """A fresh hidden directory that every rank of one save writes into."""
+        return self.root / f".staging-step-{step:08d}-{uuid.uuid4().hex[:8]}"
+
+    def commit(self, staging: Path, files: dict[str, str], meta: dict) -> Path:
+        """Write the manifest, fsync, rename ``staging`` to ``step-*``, prune; returns the final path."""
+        final = self.root / f"step-{int(meta['step']):08d}"
+        manifest = {"format": FORMAT, **meta, "files": dict(sorted(files.items()))}
+        with open(staging / MANIFEST, "w") as fh:
+            json.dump(manifest, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if final.exists():  # the same step saved again (e.g. a resumed run): replace it whole
+            shutil.rmtree(final)
+        staging.rename(final)
+        self.prune()
+        return final
+
+    def steps(self) -> list[Path]:
+        """Committed checkpoint directories, oldest first."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
+
+    def prune(self) -> None:
+        for old in self.steps()[: -self.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in self.root.glob(".staging-step-*"):  # saves that died before committing
+            if stale.is_dir() and not any(stale.samefile(p) for p in self.steps()):
+                shutil.rmtree(stale, ignore_errors=True)
+
+    @staticmethod
+    def verify(path: str | Path) -> dict:
+        """The manifest of a complete, unmodified checkpoint; CheckpointError naming the problem otherwise."""
+        path = Path(path)
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: no {MANIFEST}; the save did not finish (partial checkpoint)") from None
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}/{MANIFEST} is not valid JSON ({exc}); corrupted checkpoint") from None
+        if manifest.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        for rel, expected in manifest["files"].items():
+            file = path / rel
+            if not file.is_file():
+                raise CheckpointError(f"{path}: {rel} listed in the manifest is missing (partial checkpoint)")
+            if sha256(file) != expected:
+                raise CheckpointError(f"{path}: {rel} does not match its sha256 in the manifest (corrupted)")
+        return manifest
+
+    def latest_valid(self) -> tuple[Path, dict] | None:
+        """The newest checkpoint that verifies; refused ones are logged with why and skipped."""
+        for path in reversed(self.steps()):
+            try:
+                return path, self.verify(path)
+            except CheckpointError as exc:
+                log.error("refusing checkpoint: %s; trying the previous one", exc)
+        return None
