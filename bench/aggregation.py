@@ -86,7 +86,7 @@ def run(args) -> dict:
             seconds = {}
             for name, fn in AGGREGATORS.items():
                 fn(grads, f)  # warm-up: allocator, thread pool, first-call dispatch
-                seconds[name] = min(time_call(lambda: fn(grads, f), args.repeats))
+                seconds[name] = min(time_call(lambda fn=fn, g=grads, f=f: fn(g, f), args.repeats))
             base = seconds["mean"]
             rows.append({"n": n, "d": d, "f": f, "seconds": seconds,
                          "ratio_to_mean": {k: v / base for k, v in seconds.items()}})

@@ -17,17 +17,13 @@ and after. Writes bench/results/async_speedup.{json,md}.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "bench" / "results"
+from bench.provenance import provenance, write_results  # noqa: E402
 
 
 def run_one(model_path: str, eta: int, steps: int, out_dir: Path) -> dict:
@@ -82,29 +78,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="train steps per setting")
     parser.add_argument("--staleness", type=int, nargs="+", default=[0, 2, 4, 8])
     args = parser.parse_args()
-    from launch.bootstrap import bootstrap_model
-    from launch.train import demo_model_dir
+    from launch.train import demo_model
 
-    model = bootstrap_model(Path(str(demo_model_dir(0)) + "-newline"), seed=0, answer_suffix="\n")
+    model = demo_model(0)
     runs = [run_one(str(model), eta, args.steps, ROOT / "runs" / "bench_async" / f"eta{eta}")
             for eta in sorted(args.staleness)]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip()
     result = {
-        "setup": {
-            "command": "python bench/async_speedup.py " + " ".join(sys.argv[1:]),
-            "commit": commit,
-            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "hardware": f"{platform.machine()}, {os.cpu_count()} cores, CPU only",
-            "workload": f"arith_tiny, {args.steps} steps x 16 groups x 8 samples, min length ~ lognormal(12, 1.0) <= 96",
-        },
+        "setup": provenance(f"arith_tiny, {args.steps} steps x 16 groups x 8 samples, "
+                            "min length ~ lognormal(12, 1.0) <= 96"),
         "runs": runs,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "async_speedup.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = to_markdown(result)
-    (RESULTS / "async_speedup.md").write_text(table)
-    print(table)
+    write_results("async_speedup", result, to_markdown(result))
 
 
 if __name__ == "__main__":

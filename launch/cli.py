@@ -35,10 +35,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_bootstrap(args) -> int:
-    from launch.bootstrap import bootstrap_model
-    from launch.train import demo_model_dir
+    from launch.train import demo_model
 
-    path = bootstrap_model(args.out or demo_model_dir(args.seed), seed=args.seed)
+    path = demo_model(args.seed, args.out)
     print(path)
     return 0
 
