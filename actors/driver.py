@@ -123,9 +123,8 @@ class Driver:
     def save_checkpoint(self) -> str:
         """A complete checkpoint of the learners plus the controller's position in the data."""
         start = time.time()
-        state = self.controller.state_dict()
-        # rollouts in flight are not saved: a resumed run generates their prompts again
-        state["retry"] = state["retry"] + [index for index, _, _ in self.inflight.values()]
+        # samples are not saved: a resumed run generates buffered and in-flight prompts again
+        state = self.controller.requeued_state_dict([index for index, _, _ in self.inflight.values()])
         path = self.learners.save_checkpoint(str(self.out_dir / "checkpoints"), {
             "step": self.version, "version": self.version, "controller": state, "seed": self.cfg.seed})
         digests = set(self.learners.weights_digests())

@@ -33,6 +33,7 @@ class RolloutController:
         self._order = self._permutation(0)
         self.retry: deque[int] = deque()  # prompts to generate again (stale or failed)
         self.buffer: deque[TrajectoryGroup] = deque()
+        self._buffered_prompts: deque[int] = deque()  # prompt index of each buffered group, same order
         self.outcomes: Counter[str] = Counter()
 
     def _permutation(self, epoch: int) -> np.ndarray:
@@ -66,6 +67,7 @@ class RolloutController:
         else:
             self.gate.on_accept()
             self.buffer.append(group)
+            self._buffered_prompts.append(prompt_index)
             outcome = ACCEPTED
         self.outcomes[outcome] += 1
         return outcome
@@ -80,6 +82,8 @@ class RolloutController:
         """The oldest ``batch_size`` accepted groups (FIFO, as the gate's freshness rule assumes)."""
         if len(self.buffer) < self.gate.batch_size:
             return None
+        for _ in range(self.gate.batch_size):
+            self._buffered_prompts.popleft()
         return [self.buffer.popleft() for _ in range(self.gate.batch_size)]
 
     def on_trained(self, version: int) -> None:
@@ -90,6 +94,14 @@ class RolloutController:
         """Cursor, retry queue and gate counters (the buffer is saved by the caller with the groups)."""
         return {"epoch": self.epoch, "cursor": self.cursor, "retry": list(self.retry),
                 "gate": self.gate.state_dict(), "outcomes": dict(self.outcomes)}
+
+    def requeued_state_dict(self, in_flight: list[int]) -> dict:
+        """``state_dict`` for a checkpoint that keeps no samples: the prompts of buffered groups and
+        of rollouts still ``in_flight`` go to the front of the retry queue, so a run resumed from it
+        generates them again and no prompt of the epoch is skipped."""
+        state = self.state_dict()
+        state["retry"] = list(self._buffered_prompts) + list(in_flight) + state["retry"]
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what ``state_dict`` saved."""

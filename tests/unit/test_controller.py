@@ -46,6 +46,20 @@ def test_batches_are_fifo_and_state_round_trips():
     assert restored.next_prompt() == ctl.next_prompt()
 
 
+def test_a_checkpoint_without_samples_requeues_buffered_and_in_flight_prompts():
+    ctl = RolloutController(StalenessGate(2, 2, 10), num_prompts=8, filter_zero_variance=False, seed=3)
+    ids = [ctl.next_prompt() for _ in range(5)]
+    for i, idx in enumerate(ids[:3]):
+        ctl.on_group(idx, group(f"g{i}", [0.0, 1.0], 0))
+    ctl.take_batch()  # ids[0], ids[1] trained; ids[2] buffered; ids[3], ids[4] in flight
+    state = ctl.requeued_state_dict(in_flight=[ids[3], ids[4]])
+    restored = RolloutController(StalenessGate(2, 2, 10), num_prompts=8, filter_zero_variance=False, seed=3)
+    restored.load_state_dict(state)
+    restored.gate.restore(1)
+    assert [restored.next_prompt() for _ in range(3)] == ids[2:5]  # then the epoch continues where it was
+    assert restored.next_prompt() == ctl.next_prompt()
+
+
 def test_failure_returns_the_slot_and_retries_the_prompt():
     ctl = RolloutController(StalenessGate(1, 0, 1), num_prompts=3, filter_zero_variance=False)
     idx = ctl.next_prompt()
