@@ -51,17 +51,9 @@ class FakeTask(Task):
     """Prompts whose reference is a fixed string; exact match scores 1."""
 
     def __init__(self, n_train: int = 4, raise_on: str | None = None):
-        self._train = [TaskSample(f"t{i}", f"q{i}=", str(i)) for i in range(n_train)]
-        self._eval = [TaskSample("e0", "e0=", "0")]
+        super().__init__(train=[TaskSample(f"t{i}", f"q{i}=", str(i)) for i in range(n_train)],
+                         eval=[TaskSample("e0", "e0=", "0")])
         self.raise_on = raise_on
-
-    @property
-    def train(self):
-        return self._train
-
-    @property
-    def eval(self):
-        return self._eval
 
     def score(self, completion: str, sample: TaskSample) -> float:
         if completion == self.raise_on:

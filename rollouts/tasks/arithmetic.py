@@ -80,8 +80,8 @@ class ArithmeticTask(Task):
                 f"in [1, {len(rest)}] for operators={list(self.operators)}, operands [{min_operand}, {max_operand}], "
                 f"holdout_fraction={holdout_fraction}"
             )
-        self._eval = tuple(self._problem(i, width) for i in held_out[:eval_size])
-        self._train = tuple(self._problem(i, width) for i in rest[:train_size])
+        super().__init__(train=[self._problem(i, width) for i in rest[:train_size]],
+                         eval=[self._problem(i, width) for i in held_out[:eval_size]])
 
     def _problem(self, index: int, width: int) -> TaskSample:
         op_index, rest = divmod(index, width * width)
@@ -89,14 +89,6 @@ class ArithmeticTask(Task):
         a, b = a + self.min_operand, b + self.min_operand
         op = self.operators[op_index]
         return TaskSample(id=f"{a}{op}{b}", prompt=f"{a}{op}{b}=", reference=str(OPERATORS[op](a, b)))
-
-    @property
-    def train(self) -> Sequence[TaskSample]:
-        return self._train
-
-    @property
-    def eval(self) -> Sequence[TaskSample]:
-        return self._eval
 
     @property
     def max_answer_chars(self) -> int:

@@ -17,17 +17,23 @@ class TaskSample:
 
 
 class Task(abc.ABC):
-    """Prompts to train and evaluate on, and the scoring rule."""
+    """Prompts to train and evaluate on, and the scoring rule.
+
+    Subclasses build their splits and hand them to ``__init__``; only ``score`` is theirs to write.
+    """
+
+    def __init__(self, train: Sequence[TaskSample], eval: Sequence[TaskSample]):  # noqa: A002 (the split's name)
+        self._train, self._eval = tuple(train), tuple(eval)
 
     @property
-    @abc.abstractmethod
     def train(self) -> Sequence[TaskSample]:
         """Training prompts, in a fixed order (the controller keeps its own cursor)."""
+        return self._train
 
     @property
-    @abc.abstractmethod
     def eval(self) -> Sequence[TaskSample]:
         """Held-out prompts, disjoint from ``train``."""
+        return self._eval
 
     @abc.abstractmethod
     def score(self, completion: str, sample: TaskSample) -> float:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Sequence
 
 from rollouts.tasks.base import Task, TaskSample
 
@@ -91,21 +90,13 @@ class GSM8KTask(Task):
             train, held_out = train[:-eval_size], train[-eval_size:]
         # held-out rows keep file order; training order is shuffled once, by the seed
         random.Random(seed).shuffle(train)
-        self._train, self._eval = tuple(train), tuple(held_out)
+        super().__init__(train=train, eval=held_out)
 
     def _samples(self, path: Path) -> list[TaskSample]:
         return [
             TaskSample(id=f"{path.name}:{lineno}", prompt=self.template.format(question=question), reference=number)
             for lineno, question, number in read_gsm8k_jsonl(path)
         ]
-
-    @property
-    def train(self) -> Sequence[TaskSample]:
-        return self._train
-
-    @property
-    def eval(self) -> Sequence[TaskSample]:
-        return self._eval
 
     def score(self, completion: str, sample: TaskSample) -> float:
         """1.0 if the completion's final answer equals the reference number under math-verify, else 0.0."""
