@@ -50,10 +50,7 @@ class LearnerActor:
     def weights_payload(self) -> dict[str, bytes]:
         return self.learner.weights_payload()
 
-    def save_hf(self, path: str) -> str:
-        return str(self.learner.save_hf(path))
-
-    def write_checkpoint_shard(self, staging: str) -> dict[str, str]:
+    def write_checkpoint_shard(self, staging: str) -> tuple[dict[str, str], str]:
         return self.learner.write_checkpoint_shard(staging)
 
     def commit_checkpoint(self, root: str, keep_last: int, staging: str, files: dict[str, str], meta: dict) -> str:

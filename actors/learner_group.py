@@ -89,7 +89,8 @@ class LearnerGroup:
         return refs[0]
 
     def save_checkpoint(self, root: str, meta: dict) -> str:
-        """A complete checkpoint of every rank under ``root``/step-N (``meta`` must hold ``step``)."""
+        """A complete checkpoint of every rank under ``root``/step-N (``meta`` must hold ``step``);
+        refused if the ranks' weights differ."""
         from learners.checkpoint import CheckpointStore
 
         store = CheckpointStore(root, self.cfg.checkpoint.keep_last)
@@ -98,7 +99,11 @@ class LearnerGroup:
         timeout = self.cfg.learner.step_timeout_s
         shards = wait_all([a.write_checkpoint_shard.remote(staging) for a in self.actors], timeout,
                           "learner checkpoint", "learner.step_timeout_s")
-        files = {k: v for shard in shards for k, v in shard.items()}
+        if len({digest for _, digest in shards}) != 1:
+            raise RuntimeError(f"learner replicas diverged by step {meta['step']}: {len(shards)} ranks hold "
+                               f"{len({d for _, d in shards})} different weights (non-deterministic kernels or a "
+                               "broken aggregator); checkpoint not committed")
+        files = {k: v for shard, _ in shards for k, v in shard.items()}
         meta = {**meta, "learner_workers": len(self.actors)}
         ref = self.actors[0].commit_checkpoint.remote(root, store.keep_last, staging, files, meta)
         return wait_all([ref], timeout, "learner checkpoint commit", "learner.step_timeout_s")[0]
@@ -107,10 +112,6 @@ class LearnerGroup:
         """Each rank's weight digest; all equal while the data-parallel replicas agree."""
         return wait_all([a.weights_digest.remote() for a in self.actors], self.cfg.learner.step_timeout_s,
                         "learner weight digest", "learner.step_timeout_s")
-
-    def save_hf(self, path: str) -> str:
-        refs = [a.save_hf.remote(path) for a in self.actors]
-        return wait_all(refs, self.cfg.learner.step_timeout_s, "learner checkpoint", "learner.step_timeout_s")[0]
 
     def shutdown(self) -> None:
         for actor in self.actors:

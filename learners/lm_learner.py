@@ -41,6 +41,14 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return torch.nn.functional.pad(logp, (1, 0))
 
 
+def _digest(state: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / max(len(values), 1)
 
@@ -144,17 +152,19 @@ class LMLearner:
             },
         }
 
-    def write_checkpoint_shard(self, staging: str | Path) -> dict[str, str]:
-        """This rank's part of a checkpoint into ``staging``: {relative path: sha256} of what it wrote.
+    def write_checkpoint_shard(self, staging: str | Path) -> tuple[dict[str, str], str]:
+        """This rank's part of a checkpoint into ``staging``: ({relative path: sha256} of what it wrote,
+        the digest of its weights), so the caller can refuse to commit replicas that disagree.
 
         Every rank must call it (ZeRO-3 gathers the weights collectively); rank 0 also writes the model.
         """
         staging = Path(staging)
         files = write_state(staging / "learner", f"rank-{self.rdv.rank:03d}", self.training_state())
-        model_dir = self.save_hf(staging / "model")
+        state = full_state_dict(self.engine, self.cfg.zero_stage)  # gathered once for the model and the digest
+        model_dir = self.save_hf(staging / "model", state)
         if self.rdv.rank == 0:
             files += sorted(p for p in model_dir.iterdir() if p.is_file())
-        return digests(staging, files)
+        return digests(staging, files), _digest(state)
 
     def load_training_state(self, checkpoint: str | Path) -> None:
         """Continue from a verified checkpoint whose ``model/`` this learner was built from."""
@@ -178,17 +188,14 @@ class LMLearner:
 
     def weights_digest(self) -> str:
         """sha256 over every parameter's bytes: equal across ranks while replicas are identical."""
-        digest = hashlib.sha256()
-        for name, tensor in sorted(full_state_dict(self.engine, self.cfg.zero_stage).items()):
-            digest.update(name.encode())
-            digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()
+        return _digest(full_state_dict(self.engine, self.cfg.zero_stage))
 
     # -- weights ----------------------------------------------------------
-    def save_hf(self, path: str | Path) -> Path:
-        """Write the current weights as a Hugging Face model directory (safetensors + tokenizer)."""
+    def save_hf(self, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write the current weights (or ``state``, already gathered) as a Hugging Face model directory."""
         path = Path(path)
-        state = full_state_dict(self.engine, self.cfg.zero_stage)  # collective under ZeRO-3: every rank calls
+        if state is None:
+            state = full_state_dict(self.engine, self.cfg.zero_stage)  # collective under ZeRO-3: every rank calls
         if self.rdv.rank != 0:
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
