@@ -1,29 +1,37 @@
 """The driver: starts the actors and runs the controller loop (gate, submit, collect, train, publish).
 
-It holds no algorithm math: admission and acceptance are ``areal.controller``,
+It holds no algorithm math and no scheduling policy: admission, acceptance and
+the ticket ledger are ``areal.controller``, balancing is ``areal.balancer``,
 advantages are ``areal.batching`` / ``areal.algos``, the update is the learner's.
+Failures are handled here: a rollout worker that fails is replaced and its
+rollouts requeued once; a learner group that fails is rebuilt from the newest
+checkpoint (the controller rolls back with it), up to ``learner.max_restarts``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections import Counter
+import uuid
 from pathlib import Path
 from typing import Protocol
 
 import ray
 
-from actors.learner_group import LearnerGroup, wait_all
-from actors.rollout_actor import RolloutActor, rollout_env
+from actors.learner_group import LearnerGroup
+from actors.remote_calls import RemoteCallTimeout, wait_all
+from actors.rollout_fleet import RolloutFleet
+from actors.step_metrics import StepMetrics
+from areal.balancer import StepObservation, ThroughputBalancer
 from areal.batching import build_train_batch
 from areal.config import TrainConfig
 from areal.controller import ACCEPTED, RolloutController
 from areal.staleness import StalenessGate
-from areal.timeline import BusyTracker
 from rollouts.tasks.base import Task
 
 log = logging.getLogger(__name__)
+CONTROLLER_FILE = "controller.json"  # beside the learner state in every checkpoint
 
 
 class MetricsSink(Protocol):
@@ -38,192 +46,263 @@ class Driver:
                  use_gpu: bool = False, resume: tuple[Path, dict] | None = None):
         """``resume``: (checkpoint directory, its verified manifest) to continue from."""
         self.cfg, self.task, self.pad_id, self.sinks = cfg, task, pad_id, sinks
+        self.model_path, self.use_gpu = model_path, use_gpu
         self.out_dir = Path(cfg.out_dir)
+        self.deterministic = cfg.controller.deterministic
+        self.tag = f"areal-{uuid.uuid4().hex[:8]}"
         gate = StalenessGate(cfg.batch_size, cfg.algo.max_staleness, cfg.rollout.max_concurrent)
         self.controller = RolloutController(gate, len(task.train), cfg.algo.filter_zero_variance, cfg.seed)
-        self.version = 0
+        self.balancer = None
+        if cfg.controller.balance and not self.deterministic:
+            low, high = cfg.rollout.worker_budget
+            self.balancer = ThroughputBalancer(
+                min(cfg.controller.min_in_flight, cfg.rollout.max_concurrent), cfg.rollout.max_concurrent, low,
+                high, cfg.controller.target_idle, cooldown_s=cfg.controller.scale_cooldown_s)
+        self.version = 0  # updates the learners have made
+        self.published = 0  # version the rollout engines run
         if resume is not None:
-            checkpoint, manifest = resume
-            self.version = int(manifest["version"])
-            self.controller.load_state_dict(manifest["controller"])
-            self.controller.gate.restore(self.version)
-            log.info("resuming from %s at version %d", checkpoint, self.version)
-        self.model_path = model_path
+            self.restore_controller(resume[0], int(resume[1]["version"]))
+            log.info("resuming from %s at version %d", resume[0], self.version)
+        # where a failed learner group goes back to when no checkpoint was written yet
+        self.start_checkpoint = str(resume[0]) if resume else ""
+        self.start_state, self.start_version = self.run_state(), self.version
         if cfg.learner.byzantine.ranks:
             log.warning("BYZANTINE SIMULATION ON: learner ranks %s send %r gradients; aggregator %s with f=%d "
                         "(learner.byzantine: for robustness experiments only)", cfg.learner.byzantine.ranks,
                         cfg.learner.byzantine.attack, cfg.learner.aggregator, cfg.learner.aggregator_f)
-        self.rollouts = [
-            RolloutActor.options(num_cpus=cfg.rollout.num_cpus, num_gpus=cfg.rollout.num_gpus,
-                                 runtime_env={"env_vars": rollout_env(cfg, use_gpu)}).remote(cfg, model_path, rank)
-            for rank in range(cfg.rollout.workers)
-        ]
-        self.learners = LearnerGroup(cfg, model_path, use_gpu, checkpoint=str(resume[0]) if resume else "")
-        wait_all([a.ready.remote() for a in self.rollouts], cfg.rollout.start_timeout_s, "rollout engine start",
-                 "rollout.start_timeout_s")
-        if self.version:  # resumed: engines take the checkpoint's weights and tag tokens with its version
-            payload = self.learners.weights_payload()
-            wait_all([a.load_weights.remote(payload, self.version) for a in self.rollouts],
-                     cfg.rollout.weight_sync_timeout_s, "weight sync after resume", "rollout.weight_sync_timeout_s")
-        self.learner_busy = BusyTracker()
-        self.inflight: dict[ray.ObjectRef, tuple[int, int, float]] = {}  # ref -> (prompt, worker, submitted at)
-        self.load = Counter()  # groups in flight per worker
-        self.window: dict[str, list[float]] = {}
+        self.fleet = RolloutFleet(cfg, model_path, use_gpu, self.tag)
+        for _ in range(cfg.rollout.workers):
+            self.fleet.start_worker()
+        self.learner_restarts = 0
+        self.learners = LearnerGroup(cfg, model_path, use_gpu, self.start_checkpoint, f"{self.tag}-g0")
+        self.payload = self.learners.weights_payload()  # the learners' weights at self.version, for joiners
+        self.fleet.poll_starting(lambda: self.payload, self.version, block=True)
+        if not self.fleet.serving():
+            raise RuntimeError("no rollout worker started; see the errors above (rollout.start_timeout_s)")
+        self.published = self.version
+        self.training: list[ray.ObjectRef] = []
+        self.training_started = 0.0
+        self.trained_tickets: list[int] = []
+        self.metrics = StepMetrics(self.out_dir / "timeline.jsonl")
         self.history: list[dict[str, float]] = []
 
-    # -- the loop ---------------------------------------------------------
+    # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> dict:
-        """Train ``total_steps`` versions; returns the run summary."""
+        """Train until the learners hold version ``total_steps``; returns the run summary."""
         start = time.time()
         initial, initial_texts = self.evaluate()
-        self.emit(0, {"eval/accuracy": initial})
-        log.info("step 0: held-out accuracy %.3f", initial)
-        training: list[ray.ObjectRef] = []
-        step_started = loop_started = time.time()
+        self.emit(self.version, {"eval/accuracy": initial})
+        log.info("step %d: held-out accuracy %.3f", self.version, initial)
+        loop_started = time.time()
+        self.metrics.new_window()
         while self.version < self.cfg.total_steps:
+            if not self.training:
+                self.training = self.maybe_train()
+            self.fleet.poll_starting(lambda: self.payload, self.published)
+            self.fleet.reap()
             self.submit()
-            ready, _ = ray.wait(list(self.inflight) + training[:1], num_returns=1, timeout=1.0)
-            for ref in ready:
-                if ref in self.inflight:
-                    self.collect(ref)
-            self.check_timeouts()
-            if training and ray.wait(training, num_returns=len(training), timeout=0)[1] == []:
-                stats = LearnerGroup.merge_stats(ray.get(training))
-                training = []
-                self.learner_busy.end()
-                self.publish_weights(stats)
-                metrics = self.step_metrics(stats, since=step_started)
-                step_started = time.time()
-                if self.cfg.eval_every and self.version % self.cfg.eval_every == 0 and \
-                        self.version < self.cfg.total_steps:
-                    metrics["eval/accuracy"] = self.evaluate()[0]
-                if self.cfg.checkpoint.every and self.version % self.cfg.checkpoint.every == 0 and \
-                        self.version < self.cfg.total_steps:
-                    self.save_checkpoint()
-                self.emit(self.version, metrics)
-            if not training:
-                training = self.maybe_train()
+            self.collect()
+            for worker, reason in self.fleet.overdue().items():
+                self.requeue(self.fleet.fail(worker, reason))
+            if self.training and self.training_done():
+                self.finish_step()
         loop_seconds = time.time() - loop_started
         final, final_texts = self.evaluate()
         self.emit(self.version, {"eval/accuracy": final})
         checkpoint = self.save_checkpoint()
-        engine_versions = [s["version"] for s in ray.get([a.stats.remote() for a in self.rollouts])]
         stale = [h["staleness/max"] for h in self.history if "staleness/max" in h]
         return {
             "initial_accuracy": initial, "final_accuracy": final, "steps": self.version,
             "seconds": time.time() - start, "train_loop_seconds": loop_seconds, "checkpoint": checkpoint,
-            "outcomes": dict(self.controller.outcomes),
-            "rollout_engine_versions": engine_versions,
+            "outcomes": dict(self.controller.outcomes), "ledger": self.controller.ledger(),
+            "rollout_engine_versions": self.fleet.engine_versions(),
             # weights reached the engines: greedy held-out completions that differ from the start
             "eval_completions_changed": sum(a != b for a, b in zip(initial_texts, final_texts)),
             "max_trained_staleness": max(stale, default=0.0),
+            "duplicate_trained_tickets": len(self.trained_tickets) - len(set(self.trained_tickets)),
+            "rollout_failures": self.fleet.failures, "learner_restarts": self.learner_restarts,
+            "rollout_workers": len(self.fleet.serving()), "rollout_workers_starting": len(self.fleet.starting),
         }
 
-    def save_checkpoint(self) -> str:
-        """A complete checkpoint of the learners plus the controller's position in the data."""
-        start = time.time()
-        # samples are not saved: a resumed run generates buffered and in-flight prompts again
-        state = self.controller.requeued_state_dict([index for index, _, _ in self.inflight.values()])
-        path = self.learners.save_checkpoint(str(self.out_dir / "checkpoints"), {
-            "step": self.version, "version": self.version, "controller": state, "seed": self.cfg.seed})
-        log.info("checkpoint %s (%.1fs)", path, time.time() - start)
-        return path
-
     def submit(self) -> None:
-        """Start rollouts while the staleness gate has room, each on the least-loaded worker."""
-        while (index := self.controller.next_prompt()) is not None:
-            worker = min(range(len(self.rollouts)), key=lambda w: self.load[w])
-            ref = self.rollouts[worker].run_group.remote(self.task.train[index], self.controller.gate.version)
-            self.inflight[ref] = (index, worker, time.monotonic())
-            self.load[worker] += 1
+        """Start rollouts while the gate (and the balancer's limit) has room and a worker serves."""
+        while self.fleet.serving() and (rollout := self.controller.next_rollout()) is not None:
+            self.fleet.submit(rollout, self.task.train[rollout.prompt])
 
-    def collect(self, ref: ray.ObjectRef) -> None:
-        """Hand a finished group to the controller."""
-        index, worker, _ = self.inflight.pop(ref)
-        self.load[worker] -= 1
-        group = ray.get(ref)  # a dead worker raises here: failures are handled by the caller's caller
-        outcome = self.controller.on_group(index, group)
-        self.record("rollout/generated_tokens", group.num_output_tokens)
-        self.record(f"rollout/{outcome}", 1)
-        failures = sum(group.info.get("reward_failures", {}).values())
-        if failures:
-            self.record("rollout/reward_failures", failures)
-            log.warning("reward failures in group %s: %s", group.prompt_id, group.info.get("reward_failure_example"))
-        if outcome == ACCEPTED:
-            self.record("rollout/reward", *group.rewards)
+    def collect(self) -> None:
+        """Hand finished groups to the controller. Asynchronous: whatever finishes within a second (or the
+        train step, if sooner). Deterministic: every rollout in flight, in submission order."""
+        if self.deterministic:
+            refs = self.fleet.ready(self.cfg.rollout.generate_timeout_s, all_pending=True)
+        else:
+            ray.wait(list(self.fleet.pending) + self.training[:1], num_returns=1, timeout=1.0)
+            refs = self.fleet.ready(0)
+        for ref in refs:
+            if ref not in self.fleet.pending:
+                continue  # its worker failed while handling an earlier result: already requeued
+            pending, group = self.fleet.take(ref)
+            if isinstance(group, Exception):
+                tickets = [pending.ticket]
+                if pending.worker in self.fleet.actors:
+                    tickets += self.fleet.fail(pending.worker, f"run_group(ticket {pending.ticket}) raised: {group}")
+                self.requeue(tickets)
+                continue
+            group.info["ticket"] = pending.ticket
+            outcome = self.controller.on_group(pending.ticket, group)
+            self.metrics.record("rollout/generated_tokens", group.num_output_tokens)
+            self.metrics.record(f"rollout/{outcome}", 1)
+            failures = sum(group.info.get("reward_failures", {}).values())
+            if failures:
+                self.metrics.record("rollout/reward_failures", failures)
+                log.warning("reward failures in group %s: %s", group.prompt_id,
+                            group.info.get("reward_failure_example"))
+            if outcome == ACCEPTED:
+                self.metrics.record("rollout/reward", *group.rewards)
 
-    def check_timeouts(self) -> None:
-        """A rollout past ``rollout.generate_timeout_s`` is an error naming its worker."""
-        now = time.monotonic()
-        for index, worker, submitted in self.inflight.values():
-            if now - submitted > self.cfg.rollout.generate_timeout_s:
-                raise TimeoutError(
-                    f"RolloutActor {worker}: run_group(prompt {index}) unfinished after {now - submitted:.0f}s "
-                    f"(rollout.generate_timeout_s={self.cfg.rollout.generate_timeout_s})"
-                )
+    def requeue(self, tickets: list[int]) -> None:
+        for ticket in tickets:
+            self.controller.on_failure(ticket)
 
     def maybe_train(self) -> list[ray.ObjectRef]:
         """Start a train step on the oldest B accepted groups, if there are B."""
+        if self.version >= self.cfg.total_steps:
+            return []
         groups = self.controller.take_batch()
         if groups is None:
             return []
         batch = build_train_batch(groups, self.cfg.algo.advantage, self.pad_id)
         for group in groups:
-            self.record("staleness/trained", *[self.version - group.submit_version] * len(group.trajectories))
-        self.record("learner/consumed_tokens", batch.num_tokens)
-        self.learner_busy.start()
+            self.metrics.record("staleness/trained", *[self.version - group.submit_version] * len(group.trajectories))
+            self.trained_tickets.append(group.info.get("ticket", -1))
+        self.metrics.record("learner/consumed_tokens", batch.num_tokens)
+        self.metrics.learner.start()
+        self.training_started = time.monotonic()
         return self.learners.train_step_async(batch)
 
-    def publish_weights(self, stats: dict[str, float]) -> None:
-        """Ship version v+1 to every rollout worker; the gate moves on once all have it."""
-        start = time.time()
-        payload = self.learners.weights_payload()
-        seconds = wait_all([a.load_weights.remote(payload, self.version + 1) for a in self.rollouts],
-                           self.cfg.rollout.weight_sync_timeout_s, f"weight sync to version {self.version + 1}",
-                           "rollout.weight_sync_timeout_s")
-        self.version += 1
-        self.controller.on_trained(self.version)
-        stats["weights/sync_seconds"] = time.time() - start
-        stats["weights/load_seconds_max"] = max(seconds)
+    def training_done(self) -> bool:
+        if self.deterministic:
+            return True  # finish_step waits for it: weights change only between generation rounds
+        if not ray.wait(self.training, num_returns=len(self.training), timeout=0)[1]:
+            return True
+        # past the deadline: finish_step's wait raises the timeout and the group is restored
+        return time.monotonic() - self.training_started > self.cfg.learner.step_timeout_s
 
+    def finish_step(self) -> None:
+        """Stats in, version v+1 exported (and checkpointed when due) before the next step starts; the
+        engines load it while the learners already train the step after."""
+        try:
+            left = self.cfg.learner.step_timeout_s - (time.monotonic() - self.training_started)
+            stats = LearnerGroup.merge_stats(wait_all(self.training, max(left, 0.0), "train_step",
+                                                      "learner.step_timeout_s", self.learners.names))
+            self.training = []
+            self.metrics.learner.end()
+            self.version += 1
+            self.payload = self.learners.weights_payload()
+            if self.cfg.checkpoint.every and self.version % self.cfg.checkpoint.every == 0 and \
+                    self.version < self.cfg.total_steps:
+                self.save_checkpoint()
+        except (ray.exceptions.RayError, RemoteCallTimeout) as exc:
+            self.recover_learners(exc)
+            return
+        if not self.deterministic:
+            self.training = self.maybe_train()
+        self.publish(stats)
+        metrics = self.metrics.step(stats, self.fleet.timelines(self.metrics.window_start))
+        metrics["staleness/version"] = float(self.version)
+        if self.balancer is not None:
+            metrics.update(self.balance(metrics))
+        if self.cfg.eval_every and self.version % self.cfg.eval_every == 0 and self.version < self.cfg.total_steps:
+            metrics["eval/accuracy"] = self.evaluate()[0]
+        self.emit(self.version, metrics)
+
+    def publish(self, stats: dict[str, float]) -> None:
+        """Ship the learners' version to every rollout worker; the gate moves on once they have it."""
+        start = time.time()
+        seconds, requeue = self.fleet.publish(self.payload, self.version)
+        self.requeue(requeue)
+        self.published = self.version
+        self.controller.on_trained(self.version)
+        self.metrics.sync(start, time.time())
+        stats["weights/sync_seconds"] = time.time() - start
+        stats["weights/load_seconds_max"] = max(seconds, default=0.0)
+
+    def balance(self, metrics: dict[str, float]) -> dict[str, float]:
+        """One balancer decision per step, applied to the controller and the fleet."""
+        obs = StepObservation(metrics["learner/idle_fraction"], metrics["rollout/idle_fraction"],
+                              self.controller.blocked["limit"] > 0, len(self.fleet.serving()), len(self.fleet.starting))
+        self.controller.blocked.clear()
+        decision = self.balancer.on_step(obs)
+        if decision.in_flight_limit != self.controller.in_flight_limit or decision.add_workers:
+            log.info("balancer: %s (in-flight limit %d, workers %+d)", decision.reason, decision.in_flight_limit,
+                     decision.add_workers)
+        self.controller.in_flight_limit = decision.in_flight_limit
+        if decision.add_workers > 0:
+            self.fleet.start_worker()
+        elif decision.add_workers < 0:
+            self.fleet.retire_one()
+        return {"controller/in_flight_limit": float(decision.in_flight_limit),
+                "rollout/workers": float(len(self.fleet.serving()))}
+
+    # -- failures and checkpoints -----------------------------------------------------------------
+    def recover_learners(self, exc: Exception) -> None:
+        """Rebuild the learner group from the newest good checkpoint (or the run's start) and roll the
+        controller back to it; in-flight rollouts are voided (their prompts are in the saved retry queue)."""
+        from learners.checkpoint import CheckpointStore
+
+        self.learner_restarts += 1
+        if self.learner_restarts > self.cfg.learner.max_restarts:
+            raise RuntimeError(f"learner group failed {self.learner_restarts} times (learner.max_restarts="
+                               f"{self.cfg.learner.max_restarts}); last error: {exc}. Fix the cause and continue "
+                               f"with checkpoint.resume=true (out_dir={self.out_dir})") from exc
+        found = CheckpointStore(self.out_dir / "checkpoints", self.cfg.checkpoint.keep_last).latest_valid()
+        source = str(found[0]) if found else self.start_checkpoint
+        log.error("learner group failed (%s); restoring from %s (restart %d of learner.max_restarts=%d)", exc,
+                  source or "the initial model", self.learner_restarts, self.cfg.learner.max_restarts)
+        self.learners.shutdown()
+        self.fleet.void_all()
+        self.training = []
+        if self.metrics.learner.open_since is not None:
+            self.metrics.learner.end()
+        if found:
+            self.restore_controller(found[0], int(found[1]["version"]))
+        else:
+            self.load_run_state(self.start_state, self.start_version)
+        # tickets after the restored point are issued again: forget that they were trained
+        self.trained_tickets = self.trained_tickets[:(self.version - self.start_version) * self.cfg.batch_size]
+        self.learners = LearnerGroup(self.cfg, self.model_path, self.use_gpu, source,
+                                     f"{self.tag}-g{self.learner_restarts}")
+        self.payload = self.learners.weights_payload()
+        self.publish({})
+
+    def run_state(self) -> dict:
+        return {"controller": self.controller.state_dict(),
+                "balancer": self.balancer.state_dict() if self.balancer else None}
+
+    def load_run_state(self, state: dict, version: int) -> None:
+        self.controller.load_state_dict(state["controller"], version)
+        if self.balancer is not None and state.get("balancer"):
+            self.balancer.load_state_dict(state["balancer"])
+            self.controller.in_flight_limit = self.balancer.limit
+        self.version = version
+
+    def restore_controller(self, checkpoint: Path, version: int) -> None:
+        self.load_run_state(json.loads((Path(checkpoint) / CONTROLLER_FILE).read_text()), version)
+
+    def save_checkpoint(self) -> str:
+        """Learners, controller (buffered samples included) and balancer, as one verified checkpoint."""
+        start = time.time()
+        extra = {CONTROLLER_FILE: json.dumps(self.run_state()).encode()}
+        meta = {"step": self.version, "version": self.version, "seed": self.cfg.seed,
+                "ledger": self.controller.ledger()}
+        path = self.learners.save_checkpoint(str(self.out_dir / "checkpoints"), meta, extra)
+        log.info("checkpoint %s (%.1fs)", path, time.time() - start)
+        return path
+
+    # -- evaluation and metrics -------------------------------------------------------------------
     def evaluate(self) -> tuple[float, list[str]]:
         """Greedy held-out accuracy and completions (in eval order), split across rollout workers."""
-        samples = list(self.task.eval)
-        shards = [samples[i:: len(self.rollouts)] for i in range(len(self.rollouts))]
-        refs = [a.evaluate.remote(s) for a, s in zip(self.rollouts, shards) if s]
-        parts = wait_all(refs, self.cfg.rollout.generate_timeout_s, "evaluation", "rollout.generate_timeout_s")
-        results = [None] * len(samples)
-        for shard_index, part in enumerate(parts):
-            for j, result in enumerate(part):
-                results[shard_index + j * len(self.rollouts)] = result
+        results = self.fleet.evaluate(list(self.task.eval), lambda: self.payload, self.published)
         return sum(score for score, _ in results) / len(results), [text for _, text in results]
-
-    # -- metrics ----------------------------------------------------------
-    def record(self, key: str, *values: float) -> None:
-        self.window.setdefault(key, []).extend(values)
-
-    def step_metrics(self, learner_stats: dict[str, float], since: float) -> dict[str, float]:
-        """Everything observed since the previous step, as namespaced scalars."""
-        elapsed = max(time.time() - since, 1e-9)
-        w, self.window = self.window, {}
-        metrics = dict(learner_stats)
-        metrics["rollout/reward_mean"] = sum(w.get("rollout/reward", [0])) / max(len(w.get("rollout/reward", [])), 1)
-        for key in ("accepted", "stale", "filtered", "reward_failures"):
-            metrics[f"rollout/{key}"] = float(sum(w.get(f"rollout/{key}", [])))
-        metrics["rollout/tokens_per_s"] = sum(w.get("rollout/generated_tokens", [])) / elapsed
-        metrics["learner/tokens_per_s"] = sum(w.get("learner/consumed_tokens", [])) / elapsed
-        stale = w.get("staleness/trained", [])
-        if stale:
-            metrics["staleness/mean"] = sum(stale) / len(stale)
-            metrics["staleness/max"] = float(max(stale))
-            for value, count in Counter(stale).items():
-                metrics[f"staleness/hist_{int(value)}"] = float(count)
-        now = time.time()
-        busy = ray.get([a.busy_seconds.remote(since, now) for a in self.rollouts])
-        metrics["rollout/idle_fraction"] = 1.0 - sum(busy) / (elapsed * len(busy))
-        metrics["learner/idle_fraction"] = self.learner_busy.idle_fraction(since)
-        metrics["staleness/version"] = float(self.version)
-        return metrics
 
     def emit(self, step: int, metrics: dict[str, float]) -> None:
         self.history.append({"step": step, **metrics})
@@ -232,12 +311,8 @@ class Driver:
 
     def shutdown(self) -> None:
         """Stop the actors this driver started."""
-        for actor in self.rollouts:
-            try:
-                ray.get(actor.close.remote(), timeout=30)
-            except Exception as exc:  # shutting down anyway; report, do not mask the run's own error
-                log.warning("rollout actor close failed: %s", exc)
-            ray.kill(actor)
+        self.fleet.shutdown()
         self.learners.shutdown()
+        self.metrics.close()
         for sink in self.sinks:
             sink.close()

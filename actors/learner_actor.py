@@ -17,6 +17,8 @@ def learner_env(cfg: TrainConfig, use_gpu: bool) -> dict[str, str]:
     env = worker_env(cfg.learner.num_cpus)
     if not use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
+    if cfg.controller.deterministic:
+        env["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # cuBLAS needs it for deterministic GEMMs
     return env
 
 
@@ -32,6 +34,8 @@ class LearnerActor:
         from learners.lm_learner import LMLearner
 
         torch.set_num_threads(max(1, int(cfg.learner.num_cpus)))
+        if cfg.controller.deterministic:
+            torch.use_deterministic_algorithms(True)
         rdv = Rendezvous(rank, cfg.learner.workers, master_addr, master_port)
         self.learner = LMLearner(model_path, cfg.learner, cfg.algo, cfg.rollout.temperature, rdv, cfg.seed,
                                  total_updates=cfg.total_steps * cfg.learner.minibatches)
@@ -53,10 +57,11 @@ class LearnerActor:
     def write_checkpoint_shard(self, staging: str) -> tuple[dict[str, str], str]:
         return self.learner.write_checkpoint_shard(staging)
 
-    def commit_checkpoint(self, root: str, keep_last: int, staging: str, files: dict[str, str], meta: dict) -> str:
+    def commit_checkpoint(self, root: str, keep_last: int, staging: str, files: dict[str, str], meta: dict,
+                          extra: dict[str, bytes]) -> str:
         from learners.checkpoint import CheckpointStore
 
-        return str(CheckpointStore(root, keep_last).commit(Path(staging), files, meta))
+        return str(CheckpointStore(root, keep_last).commit(Path(staging), files, meta, extra))
 
     def weights_digest(self) -> str:
         return self.learner.weights_digest()

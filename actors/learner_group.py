@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import ray
@@ -10,6 +9,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.learner_actor import LearnerActor, learner_env
+from actors.remote_calls import wait_all
 from areal.config import TrainConfig
 from areal.types import TrainBatch
 
@@ -24,22 +24,10 @@ def _rendezvous_address() -> tuple[str, int]:
         return ray.util.get_node_ip_address(), s.getsockname()[1]
 
 
-def wait_all(refs: list, timeout_s: float, what: str, setting: str) -> list:
-    """ray.get with a deadline whose error names the call and the config key that sets it."""
-    start = time.monotonic()
-    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-    if pending:
-        raise TimeoutError(
-            f"{what}: {len(pending)} of {len(refs)} calls unfinished after {time.monotonic() - start:.0f}s "
-            f"({setting}={timeout_s})"
-        )
-    return ray.get(ready)
-
-
 class LearnerGroup:
     """Places ``learner.workers`` ranks, splits each batch across them and merges their stats."""
 
-    def __init__(self, cfg: TrainConfig, model_path: str, use_gpu: bool, checkpoint: str = ""):
+    def __init__(self, cfg: TrainConfig, model_path: str, use_gpu: bool, checkpoint: str = "", tag: str = "areal"):
         """``checkpoint``: a verified checkpoint directory to continue from (weights from its ``model/``)."""
         n = cfg.learner.workers
         if checkpoint:
@@ -52,6 +40,7 @@ class LearnerGroup:
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0)).remote())
         self.actors = [
             LearnerActor.options(
+                name=f"{tag}-learner-{rank}",
                 num_cpus=cfg.learner.num_cpus,
                 num_gpus=cfg.learner.num_gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank),
@@ -59,8 +48,9 @@ class LearnerGroup:
             ).remote(cfg, model_path, rank, addr, port, checkpoint)
             for rank in range(n)
         ]
+        self.names = [f"LearnerActor rank {rank}" for rank in range(n)]
         wait_all([a.ready.remote() for a in self.actors], cfg.learner.start_timeout_s, "learner start",
-                 "learner.start_timeout_s")
+                 "learner.start_timeout_s", self.names)
 
     def train_step_async(self, batch: TrainBatch) -> list[ray.ObjectRef]:
         """Start one step on every rank with its slice of ``batch``; returns the pending stats."""
@@ -84,13 +74,13 @@ class LearnerGroup:
     def weights_payload(self) -> ray.ObjectRef:
         """Rank 0's weight files (every rank joins, as ZeRO-3 gathering needs)."""
         refs = [a.weights_payload.remote() for a in self.actors]
-        wait_all(refs[1:], self.cfg.rollout.weight_sync_timeout_s, "learner weight export",
-                 "rollout.weight_sync_timeout_s")
+        wait_all(refs[1:], self.cfg.rollout.weight_sync_timeout_s, "learner weights_payload",
+                 "rollout.weight_sync_timeout_s", self.names[1:])
         return refs[0]
 
-    def save_checkpoint(self, root: str, meta: dict) -> str:
-        """A complete checkpoint of every rank under ``root``/step-N (``meta`` must hold ``step``);
-        refused if the ranks' weights differ."""
+    def save_checkpoint(self, root: str, meta: dict, extra: dict[str, bytes] | None = None) -> str:
+        """A complete checkpoint of every rank under ``root``/step-N (``meta`` must hold ``step``), plus
+        ``extra`` files from the driver; refused if the ranks' weights differ."""
         from learners.checkpoint import CheckpointStore
 
         store = CheckpointStore(root, self.cfg.checkpoint.keep_last)
@@ -98,22 +88,29 @@ class LearnerGroup:
         staging = str(store.staging_dir(int(meta["step"])))
         timeout = self.cfg.learner.step_timeout_s
         shards = wait_all([a.write_checkpoint_shard.remote(staging) for a in self.actors], timeout,
-                          "learner checkpoint", "learner.step_timeout_s")
+                          "write_checkpoint_shard", "learner.step_timeout_s", self.names)
         if len({digest for _, digest in shards}) != 1:
             raise RuntimeError(f"learner replicas diverged by step {meta['step']}: {len(shards)} ranks hold "
                                f"{len({d for _, d in shards})} different weights (non-deterministic kernels or a "
                                "broken aggregator); checkpoint not committed")
         files = {k: v for shard, _ in shards for k, v in shard.items()}
         meta = {**meta, "learner_workers": len(self.actors)}
-        ref = self.actors[0].commit_checkpoint.remote(root, store.keep_last, staging, files, meta)
-        return wait_all([ref], timeout, "learner checkpoint commit", "learner.step_timeout_s")[0]
+        ref = self.actors[0].commit_checkpoint.remote(root, store.keep_last, staging, files, meta, extra or {})
+        return wait_all([ref], timeout, "commit_checkpoint", "learner.step_timeout_s", self.names[:1])[0]
 
     def weights_digests(self) -> list[str]:
         """Each rank's weight digest; all equal while the data-parallel replicas agree."""
         return wait_all([a.weights_digest.remote() for a in self.actors], self.cfg.learner.step_timeout_s,
-                        "learner weight digest", "learner.step_timeout_s")
+                        "weights_digest", "learner.step_timeout_s", self.names)
+
+    def pids(self) -> list[int]:
+        """Process id of every rank (fault-injection tests kill them)."""
+        return wait_all([a.pid.remote() for a in self.actors], 60, "pid", "(fixed 60 s)", self.names)
 
     def shutdown(self) -> None:
         for actor in self.actors:
             ray.kill(actor)
-        remove_placement_group(self.pg)
+        try:
+            remove_placement_group(self.pg)
+        except Exception:  # noqa: BLE001 - already gone with a failed node; nothing left to free
+            pass

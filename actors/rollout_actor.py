@@ -44,8 +44,7 @@ class RolloutActor:
         tail = cfg.rollout.length_tail_median
         workflow = SingleTurnWorkflow(task, tokenizer, sampling, cfg.rollout.samples_per_prompt,
                                       cfg.task.reward_timeout_s,
-                                      length_tail=(tail, cfg.rollout.length_tail_sigma) if tail else None,
-                                      seed=cfg.seed + rank)
+                                      length_tail=(tail, cfg.rollout.length_tail_sigma) if tail else None)
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         weights_root = tempfile.mkdtemp(prefix=f"areal-rollout{rank}-", dir=shm)
         engine = make_engine(cfg.engine, model_path, seed_offset=rank)
@@ -54,8 +53,8 @@ class RolloutActor:
     async def ready(self) -> int:
         return self.rank
 
-    async def run_group(self, sample: TaskSample, submit_version: int) -> TrajectoryGroup:
-        return await self.worker.run_group(sample, submit_version)
+    async def run_group(self, sample: TaskSample, submit_version: int, seed: int) -> TrajectoryGroup:
+        return await self.worker.run_group(sample, submit_version, seed)
 
     async def evaluate(self, samples: list[TaskSample]) -> list[tuple[float, str]]:
         return await self.worker.evaluate(samples, self.max_new_tokens)
@@ -66,8 +65,11 @@ class RolloutActor:
     async def stats(self) -> dict:
         return self.worker.stats()
 
-    async def busy_seconds(self, since: float, until: float) -> float:
-        return self.worker.busy.busy_seconds(since, until)
+    async def timeline(self, since: float) -> list[tuple[float, float]]:
+        return self.worker.timeline(since)
+
+    async def pid(self) -> int:
+        return os.getpid()
 
     async def close(self) -> None:
         await self.worker.engine.close()

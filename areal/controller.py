@@ -1,21 +1,40 @@
 """The controller's policy: which prompt to generate next, what to keep, when a batch is ready.
 
-Pure bookkeeping over the staleness gate, a prompt cursor and a FIFO buffer;
-the driver in ``actors/`` does the I/O and asks this object what to do. Every
-prompt is accounted for: it is in flight, buffered, trained, filtered, or
-queued to be generated again.
+Pure bookkeeping over the staleness gate, a prompt cursor, a ledger of tickets in
+flight and a FIFO buffer; the driver in ``actors/`` does the I/O and asks this
+object what to do. Every prompt drawn from the dataset order is, at any moment,
+in exactly one place: in flight, buffered, trained, filtered, or queued to be
+generated again (``unaccounted()`` is 0). Each submission gets a ticket; a
+ticket resolves once, so a result that arrives after its rollout was declared
+failed (and requeued) is ignored rather than counted twice.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
+from dataclasses import dataclass
 
 import numpy as np
 
 from areal.staleness import StalenessGate
-from areal.types import TrajectoryGroup
+from areal.types import TrajectoryGroup, group_from_dict, group_to_dict
 
-ACCEPTED, STALE, FILTERED = "accepted", "stale", "filtered"
+ACCEPTED, STALE, FILTERED, IGNORED = "accepted", "stale", "filtered", "ignored"
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One submission: which prompt, under which ticket, with which sampling seed."""
+
+    ticket: int
+    prompt: int  # index into the task's train split
+    version: int  # policy version at submission: the group's staleness start
+    seed: int  # sampling seed, a function of (run seed, ticket) only, so a resumed run draws the same
+
+
+def sampling_seed(run_seed: int, ticket: int) -> int:
+    """A well-mixed 31-bit seed per ticket (engines take signed 32-bit seeds)."""
+    return int(np.random.SeedSequence([run_seed, ticket]).generate_state(1)[0] >> 1)
 
 
 class RolloutController:
@@ -30,18 +49,27 @@ class RolloutController:
         self.seed = seed
         self.epoch = 0
         self.cursor = 0
+        self.tickets = 0  # submissions so far; the next ticket number
         self._order = self._permutation(0)
         self.retry: deque[int] = deque()  # prompts to generate again (stale or failed)
+        self.in_flight: dict[int, int] = {}  # ticket -> prompt
         self.buffer: deque[TrajectoryGroup] = deque()
         self._buffered_prompts: deque[int] = deque()  # prompt index of each buffered group, same order
         self.outcomes: Counter[str] = Counter()
+        self.in_flight_limit: int | None = None  # set by a throughput balancer; None = the gate alone decides
+        self.blocked: Counter[str] = Counter()  # why next_rollout said no: "gate" or "limit"
 
     def _permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.num_prompts)
 
-    def next_prompt(self) -> int | None:
-        """The prompt index to submit now, or None when the gate has no capacity."""
+    # -- submission ---------------------------------------------------------------------------
+    def next_rollout(self) -> Rollout | None:
+        """The rollout to submit now, or None when the gate (or the balancer's limit) has no room."""
         if self.gate.capacity() <= 0:
+            self.blocked["gate"] += 1
+            return None
+        if self.in_flight_limit is not None and len(self.in_flight) >= self.in_flight_limit:
+            self.blocked["limit"] += 1
             return None
         if self.retry:
             index = self.retry.popleft()
@@ -53,13 +81,22 @@ class RolloutController:
             index = int(self._order[self.cursor])
             self.cursor += 1
         self.gate.on_submit()
-        return index
+        ticket, self.tickets = self.tickets, self.tickets + 1
+        self.in_flight[ticket] = index
+        return Rollout(ticket, index, self.gate.version, sampling_seed(self.seed, ticket))
 
-    def on_group(self, prompt_index: int, group: TrajectoryGroup) -> str:
-        """Accept a finished group into the buffer, or reject it (too stale: retried; no signal: dropped)."""
-        if not self.gate.is_fresh(group.submit_version):
+    # -- results --------------------------------------------------------------------------------
+    def on_group(self, ticket: int, group: TrajectoryGroup) -> str:
+        """Accept a finished group into the buffer, or reject it (too stale: retried; no signal: dropped).
+
+        A ticket that is no longer in flight (declared failed, or voided by a restore) is ``ignored``.
+        """
+        index = self.in_flight.pop(ticket, None)
+        if index is None:
+            outcome = IGNORED
+        elif not self.gate.is_fresh(group.submit_version):
             self.gate.on_reject()
-            self.retry.append(prompt_index)
+            self.retry.append(index)
             outcome = STALE
         elif self.filter_zero_variance and len(set(group.rewards)) == 1:
             self.gate.on_reject()
@@ -67,16 +104,21 @@ class RolloutController:
         else:
             self.gate.on_accept()
             self.buffer.append(group)
-            self._buffered_prompts.append(prompt_index)
+            self._buffered_prompts.append(index)
             outcome = ACCEPTED
         self.outcomes[outcome] += 1
         return outcome
 
-    def on_failure(self, prompt_index: int) -> None:
-        """A rollout failed (its worker died or timed out): give the slot back and retry the prompt once more."""
+    def on_failure(self, ticket: int) -> bool:
+        """A rollout failed (its worker died or timed out): give its slot back and queue its prompt
+        again, once. Returns False for a ticket already resolved (nothing changes)."""
+        index = self.in_flight.pop(ticket, None)
+        if index is None:
+            return False
         self.gate.on_reject()
-        self.retry.append(prompt_index)
+        self.retry.append(index)
         self.outcomes["failed"] += 1
+        return True
 
     def take_batch(self) -> list[TrajectoryGroup] | None:
         """The oldest ``batch_size`` accepted groups (FIFO, as the gate's freshness rule assumes)."""
@@ -84,29 +126,51 @@ class RolloutController:
             return None
         for _ in range(self.gate.batch_size):
             self._buffered_prompts.popleft()
+        self.outcomes["trained"] += self.gate.batch_size
         return [self.buffer.popleft() for _ in range(self.gate.batch_size)]
 
     def on_trained(self, version: int) -> None:
-        """The learner published ``version``."""
+        """The rollout side now runs ``version``."""
         self.gate.set_version(version)
 
+    # -- accounting -----------------------------------------------------------------------------
+    @property
+    def drawn(self) -> int:
+        """Prompts taken from the dataset order so far (epochs included)."""
+        return self.epoch * self.num_prompts + self.cursor
+
+    def unaccounted(self) -> int:
+        """Drawn prompts that are nowhere; 0 unless the bookkeeping is broken."""
+        placed = (self.outcomes["trained"] + self.outcomes["filtered"] + len(self.buffer) + len(self.in_flight)
+                  + len(self.retry))
+        return self.drawn - placed
+
+    def ledger(self) -> dict[str, int]:
+        """Where every drawn prompt is, plus the event counts (for run summaries and tests)."""
+        return {"drawn": self.drawn, "buffered": len(self.buffer), "in_flight": len(self.in_flight),
+                "queued": len(self.retry), "unaccounted": self.unaccounted(), **self.outcomes}
+
+    # -- persistence ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Cursor, retry queue and gate counters (the buffer is saved by the caller with the groups)."""
-        return {"epoch": self.epoch, "cursor": self.cursor, "retry": list(self.retry),
+        """Everything needed to continue exactly, as JSON-safe data: cursor, tickets, the retry queue,
+        the buffered groups (samples included) and the gate. Rollouts in flight cannot be saved; their
+        prompts go to the front of the retry queue, so a resumed run generates them again."""
+        return {"epoch": self.epoch, "cursor": self.cursor, "tickets": self.tickets,
+                "retry": list(self.in_flight.values()) + list(self.retry),
+                "buffer": [group_to_dict(g) for g in self.buffer], "buffered_prompts": list(self._buffered_prompts),
                 "gate": self.gate.state_dict(), "outcomes": dict(self.outcomes)}
 
-    def requeued_state_dict(self, in_flight: list[int]) -> dict:
-        """``state_dict`` for a checkpoint that keeps no samples: the prompts of buffered groups and
-        of rollouts still ``in_flight`` go to the front of the retry queue, so a run resumed from it
-        generates them again and no prompt of the epoch is skipped."""
-        state = self.state_dict()
-        state["retry"] = list(self._buffered_prompts) + list(in_flight) + state["retry"]
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what ``state_dict`` saved."""
-        self.epoch, self.cursor = state["epoch"], state["cursor"]
+    def load_state_dict(self, state: dict, version: int) -> None:
+        """Restore what ``state_dict`` saved, for a run continuing at policy ``version``."""
+        self.epoch, self.cursor, self.tickets = state["epoch"], state["cursor"], state["tickets"]
         self._order = self._permutation(self.epoch)
         self.retry = deque(state["retry"])
+        self.in_flight = {}
+        self.buffer = deque(group_from_dict(g) for g in state["buffer"])
+        self._buffered_prompts = deque(state["buffered_prompts"])
+        outcomes = Counter(state["outcomes"])
+        # rollouts in flight at save time were requeued: their outcome is still to come
+        outcomes.pop(IGNORED, None)
+        self.outcomes = outcomes
         self.gate.load_state_dict(state["gate"])
-        self.outcomes = Counter(state["outcomes"])
+        self.gate.restore(version, buffered=len(self.buffer))

@@ -21,6 +21,11 @@ class BusyTracker:
         self.created = clock()
         self.intervals: list[tuple[float, float]] = []
 
+    @property
+    def open_since(self) -> float | None:
+        """Start of the busy interval still open, or None while idle."""
+        return self._since
+
     def start(self) -> None:
         """One work item began."""
         if self._open == 0:

@@ -90,3 +90,21 @@ class TrainBatch:
 
 
 _FIELDS = ("input_ids", "attention_mask", "loss_mask", "behavior_logprobs", "advantages", "versions")
+
+
+def group_to_dict(group: TrajectoryGroup) -> dict:
+    """JSON-safe form of a group (floats survive JSON exactly: Python writes the shortest repr)."""
+    return {"prompt_id": group.prompt_id, "submit_version": group.submit_version, "info": group.info,
+            "trajectories": [{"prompt_ids": list(t.prompt_ids), "output_ids": list(t.output_ids),
+                              "logprobs": list(t.logprobs), "versions": list(t.versions), "reward": t.reward,
+                              "text": t.text, "finish_reason": t.finish_reason} for t in group.trajectories]}
+
+
+def group_from_dict(data: dict) -> TrajectoryGroup:
+    """Inverse of ``group_to_dict``."""
+    trajectories = tuple(
+        Trajectory(tuple(t["prompt_ids"]), tuple(t["output_ids"]), tuple(t["logprobs"]), tuple(t["versions"]),
+                   t["reward"], t["text"], t["finish_reason"])
+        for t in data["trajectories"]
+    )
+    return TrajectoryGroup(data["prompt_id"], trajectories, data["submit_version"], dict(data["info"]))

@@ -13,7 +13,8 @@ log = logging.getLogger("areal")
 
 
 def cpus_needed(cfg: TrainConfig) -> float:
-    return cfg.rollout.workers * cfg.rollout.num_cpus + cfg.learner.workers * cfg.learner.num_cpus
+    """CPUs for the learners and the most rollout workers the balancer may run (the resource budget)."""
+    return cfg.rollout.worker_budget[1] * cfg.rollout.num_cpus + cfg.learner.workers * cfg.learner.num_cpus
 
 
 def init_ray(cfg: TrainConfig) -> bool:
@@ -69,14 +70,27 @@ def demo_model(seed: int = 0, out_dir: str | Path | None = None) -> Path:
 
 
 def find_resume_checkpoint(cfg: TrainConfig) -> tuple[Path, dict] | None:
-    """With ``checkpoint.resume``: the newest checkpoint under out_dir that verifies, or None to start fresh."""
-    if not cfg.checkpoint.resume:
-        return None
-    from learners.checkpoint import CheckpointError, CheckpointStore
+    """The checkpoint to continue from: ``checkpoint.resume_from`` (a step-* directory, or a run directory
+    whose newest good checkpoint is taken), else with ``checkpoint.resume`` the newest good one under
+    out_dir; None to start fresh."""
+    from learners.checkpoint import MANIFEST, CheckpointError, CheckpointStore
 
-    found = CheckpointStore(Path(cfg.out_dir) / "checkpoints", cfg.checkpoint.keep_last).latest_valid()
-    if found is None:
-        log.warning("checkpoint.resume: no complete checkpoint under %s/checkpoints; starting fresh", cfg.out_dir)
+    source = cfg.checkpoint.resume_from
+    if source:
+        if Path(source, MANIFEST).exists():
+            found = Path(source), CheckpointStore.verify(source)
+        else:
+            found = CheckpointStore(Path(source) / "checkpoints", cfg.checkpoint.keep_last).latest_valid()
+            if found is None:
+                raise CheckpointError(f"checkpoint.resume_from = {source!r}: no complete checkpoint in "
+                                      f"{source}/checkpoints; point it at a run directory or a step-* directory")
+    elif cfg.checkpoint.resume:
+        found = CheckpointStore(Path(cfg.out_dir) / "checkpoints", cfg.checkpoint.keep_last).latest_valid()
+        if found is None:
+            log.warning("checkpoint.resume: no complete checkpoint under %s/checkpoints; starting fresh",
+                        cfg.out_dir)
+            return None
+    else:
         return None
     path, manifest = found
     if manifest["learner_workers"] != cfg.learner.workers:

@@ -127,9 +127,19 @@ class CheckpointStore:
         """A fresh hidden directory that every rank of one save writes into."""
         return self.root / f".staging-step-{step:08d}-{uuid.uuid4().hex[:8]}"
 
-    def commit(self, staging: Path, files: dict[str, str], meta: dict) -> Path:
-        """Write the manifest, fsync, rename ``staging`` to ``step-*``, prune; returns the final path."""
+    def commit(self, staging: Path, files: dict[str, str], meta: dict, extra: dict[str, bytes] | None = None) -> Path:
+        """Write ``extra`` files (name -> bytes, e.g. the controller's state), the manifest, fsync, rename
+        ``staging`` to ``step-*``, prune; returns the final path."""
         final = self.root / f"step-{int(meta['step']):08d}"
+        files = dict(files)
+        for name, data in (extra or {}).items():
+            if "/" in name or name.startswith(".") or name == MANIFEST:
+                raise CheckpointError(f"refusing extra checkpoint file name {name!r}")
+            with open(staging / name, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            files[name] = sha256(staging / name)
         manifest = {"format": FORMAT, **meta, "files": dict(sorted(files.items()))}
         with open(staging / MANIFEST, "w") as fh:
             json.dump(manifest, fh, indent=1)

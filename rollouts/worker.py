@@ -28,11 +28,11 @@ class RolloutWorker:
         self.generated_tokens = 0
         self._update_lock = asyncio.Lock()
 
-    async def run_group(self, sample: TaskSample, submit_version: int) -> TrajectoryGroup:
-        """One episode of ``sample``; ``submit_version`` is recorded as its staleness start."""
+    async def run_group(self, sample: TaskSample, submit_version: int, seed: int | None = None) -> TrajectoryGroup:
+        """One episode of ``sample`` sampled with ``seed``; ``submit_version`` is its staleness start."""
         self.busy.start()
         try:
-            group = await self.workflow.run(self.engine, sample, submit_version)
+            group = await self.workflow.run(self.engine, sample, submit_version, seed)
         finally:
             self.busy.end()
         self.generated_tokens += group.num_output_tokens
@@ -71,6 +71,12 @@ class RolloutWorker:
                 if old != target:
                     shutil.rmtree(old, ignore_errors=True)
             return time.perf_counter() - start
+
+    def timeline(self, since: float) -> list[tuple[float, float]]:
+        """Busy intervals overlapping [since, now], the open one clipped at now."""
+        now = time.time()
+        spans = list(self.busy.intervals) + ([(self.busy.open_since, now)] if self.busy.open_since is not None else [])
+        return [(max(a, since), min(b, now)) for a, b in spans if b > since]
 
     def stats(self) -> dict:
         """Engine busy intervals and counters for the driver's metrics."""

@@ -18,32 +18,35 @@ class SingleTurnWorkflow:
     """prompt -> n samples -> rewards, as one TrajectoryGroup."""
 
     def __init__(self, task: Task, tokenizer, sampling: SamplingConfig, n: int, reward_timeout_s: float,
-                 length_tail: tuple[int, float] | None = None, seed: int = 0):
+                 length_tail: tuple[int, float] | None = None):
         self.task, self.tokenizer, self.sampling, self.n = task, tokenizer, sampling, n
         self.reward_timeout_s = reward_timeout_s
         self.length_tail = length_tail  # (median, sigma) of a lognormal minimum length, or None
-        self._rng = random.Random(seed)
 
-    def sampling_for_group(self) -> SamplingConfig:
-        """The sampling settings of the next group: a long-tailed minimum length when configured.
+    def sampling_for_group(self, seed: int | None) -> SamplingConfig:
+        """The sampling settings of one group, drawn from ``seed`` alone (no hidden RNG state, so a
+        resumed run samples the same): the engine's sampling seed and, when configured, a long-tailed
+        minimum length.
 
         Reasoning outputs have long-tailed lengths, which is what makes synchronous RL wait
         on stragglers; the benchmark reproduces that on a task whose answers are short.
         """
+        sampling = dataclasses.replace(self.sampling, seed=seed)
         if self.length_tail is None:
-            return self.sampling
+            return sampling
         median, sigma = self.length_tail
-        length = int(round(math.exp(self._rng.gauss(math.log(median), sigma))))
-        return dataclasses.replace(self.sampling, min_new_tokens=max(1, min(length, self.sampling.max_new_tokens)))
+        length = int(round(math.exp(random.Random(seed).gauss(math.log(median), sigma))))
+        return dataclasses.replace(sampling, min_new_tokens=max(1, min(length, self.sampling.max_new_tokens)))
 
     def encode(self, sample: TaskSample) -> list[int]:
         """Prompt token ids (the tokenizer adds whatever special tokens the model expects)."""
         return list(self.tokenizer.encode(sample.prompt))
 
-    async def run(self, engine: Engine, sample: TaskSample, submit_version: int) -> TrajectoryGroup:
-        """Sample the group and score every completion off the event loop."""
+    async def run(self, engine: Engine, sample: TaskSample, submit_version: int,
+                  seed: int | None = None) -> TrajectoryGroup:
+        """Sample the group (``seed``: its sampling seed) and score every completion off the event loop."""
         prompt_ids = self.encode(sample)
-        completions = await engine.generate(prompt_ids, self.sampling_for_group(), self.n)
+        completions = await engine.generate(prompt_ids, self.sampling_for_group(seed), self.n)
         outcomes = await asyncio.gather(
             *(score_safely(lambda c=c: self.task.score(c.text, sample), self.reward_timeout_s) for c in completions)
         )

@@ -6,6 +6,7 @@ Hydra's ConfigStore so every YAML key is checked against these types, and each
 """
 
 from areal.config.algo import AlgoConfig
+from areal.config.controller import ControllerConfig
 from areal.config.engine import EngineConfig
 from areal.config.experiment import CheckpointConfig, ClusterConfig, LoggingConfig, TrainConfig
 from areal.config.learner import ByzantineConfig, LearnerConfig
@@ -17,6 +18,7 @@ __all__ = [
     "ByzantineConfig",
     "CheckpointConfig",
     "ClusterConfig",
+    "ControllerConfig",
     "EngineConfig",
     "LearnerConfig",
     "LoggingConfig",

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from areal.config._checks import require
 from areal.config.algo import AlgoConfig
+from areal.config.controller import ControllerConfig
 from areal.config.engine import EngineConfig
 from areal.config.learner import LearnerConfig
 from areal.config.rollout import RolloutConfig
@@ -51,7 +52,9 @@ class CheckpointConfig:
     keep_last: int = 2
     """Checkpoints kept; older ones are deleted after each save."""
     resume: bool = False
-    """Continue from the newest checkpoint that verifies (corrupted or partial ones are skipped)."""
+    """Continue from the newest checkpoint under out_dir that verifies (corrupted or partial ones are skipped)."""
+    resume_from: str = ""
+    """Continue from this run directory (its newest good checkpoint) or this step-* checkpoint directory."""
 
     def __post_init__(self):
         require(self.every >= 0, "checkpoint.every", self.every, "an int >= 0")
@@ -76,6 +79,7 @@ class TrainConfig:
     """Held-out evaluation every this many steps (and at the start and the end); 0 = start and end only."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)

@@ -69,6 +69,8 @@ class LearnerConfig:
     byzantine: ByzantineConfig = field(default_factory=ByzantineConfig)
     step_timeout_s: float = 900.0
     """A train step that takes longer fails with an error naming the learner."""
+    max_restarts: int = 2
+    """A learner that dies or hangs restores the group from the last checkpoint this many times, then the run fails."""
     start_timeout_s: float = 900.0
     """Learner start-up (first start JIT-builds DeepSpeed's communication op on CPU)."""
 
@@ -101,6 +103,7 @@ class LearnerConfig:
             from areal.aggregation.bucketed import check_rule  # torch-only; keeps config import light otherwise
 
             check_rule(self.aggregator, self.workers, self.aggregator_f)
+        require(self.max_restarts >= 0, "learner.max_restarts", self.max_restarts, "an int >= 0")
         for key in ("step_timeout_s", "start_timeout_s"):
             require(getattr(self, key) > 0, f"learner.{key}", getattr(self, key), "a positive number of seconds")
 

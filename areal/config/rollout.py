@@ -27,6 +27,12 @@ class RolloutConfig:
     """Benchmark workload: if > 0, each group must generate at least L tokens, L ~ lognormal with this median."""
     length_tail_sigma: float = 1.0
     """Spread (sigma of log L) of that lognormal; L is capped at max_new_tokens."""
+    min_workers: int = 0
+    """Balancing budget: fewest rollout actors (0 = rollout.workers)."""
+    max_workers: int = 0
+    """Balancing budget: most rollout actors (0 = rollout.workers); Ray must have room for them."""
+    max_restarts: int = 8
+    """Rollout actors that die or hang are replaced (their prompts requeued) this many times, then the run fails."""
     num_cpus: float = 1.0
     """Ray CPUs reserved per rollout actor."""
     num_gpus: float = 0.0
@@ -40,6 +46,11 @@ class RolloutConfig:
 
     def __post_init__(self):
         require(self.workers >= 1, "rollout.workers", self.workers, "an int >= 1")
+        require(self.min_workers <= self.workers, "rollout.min_workers", self.min_workers,
+                f"0 (= rollout.workers) or at most rollout.workers ({self.workers})")
+        require(self.max_workers == 0 or self.max_workers >= self.workers, "rollout.max_workers", self.max_workers,
+                f"0 (= rollout.workers) or at least rollout.workers ({self.workers})")
+        require(self.max_restarts >= 0, "rollout.max_restarts", self.max_restarts, "an int >= 0")
         require(self.samples_per_prompt >= 2, "rollout.samples_per_prompt", self.samples_per_prompt,
                 "an int >= 2 (group advantages compare samples)")
         require(self.max_concurrent >= 1, "rollout.max_concurrent", self.max_concurrent, "an int >= 1")
@@ -51,3 +62,8 @@ class RolloutConfig:
         require(self.length_tail_sigma > 0, "rollout.length_tail_sigma", self.length_tail_sigma, "a positive float")
         for key in ("generate_timeout_s", "weight_sync_timeout_s", "start_timeout_s"):
             require(getattr(self, key) > 0, f"rollout.{key}", getattr(self, key), "a positive number of seconds")
+
+    @property
+    def worker_budget(self) -> tuple[int, int]:
+        """(min, max) rollout actors the balancer may scale between."""
+        return self.min_workers or self.workers, self.max_workers or self.workers

@@ -1,8 +1,12 @@
-"""RolloutController: every prompt accounted for; stale groups retried, flat groups dropped, FIFO batches."""
+"""RolloutController: every prompt accounted for; tickets resolve once; stale groups retried, flat groups
+dropped; FIFO batches; a saved state continues exactly."""
+
+import json
+import random
 
 import pytest
 
-from areal.controller import RolloutController
+from areal.controller import RolloutController, sampling_seed
 from areal.staleness import StalenessGate
 from areal.timeline import BusyTracker
 from areal.types import Trajectory, TrajectoryGroup
@@ -13,59 +17,109 @@ def group(pid, rewards, version):
     return TrajectoryGroup(pid, trajs, submit_version=version)
 
 
+def controller(batch=2, eta=1, concurrent=100, prompts=3, seed=1, filter_flat=False):
+    return RolloutController(StalenessGate(batch, eta, concurrent), num_prompts=prompts,
+                             filter_zero_variance=filter_flat, seed=seed)
+
+
 def test_submission_stops_at_capacity_and_epochs_cover_every_prompt():
-    ctl = RolloutController(StalenessGate(2, 1, 100), num_prompts=3, filter_zero_variance=False, seed=1)
-    first = [ctl.next_prompt() for _ in range(4)]
-    assert ctl.next_prompt() is None  # (eta + v + 1) * B = 4 in flight
-    assert sorted(first[:3]) == [0, 1, 2]  # one epoch is a permutation
+    ctl = controller()
+    first = [ctl.next_rollout() for _ in range(4)]
+    assert ctl.next_rollout() is None  # (eta + v + 1) * B = 4 in flight
+    assert sorted(r.prompt for r in first[:3]) == [0, 1, 2]  # one epoch is a permutation
+    assert [r.ticket for r in first] == [0, 1, 2, 3]
+    assert ctl.blocked["gate"] == 1
+
+
+def test_the_balancers_limit_caps_rollouts_in_flight_below_the_gate():
+    ctl = controller(eta=4)
+    ctl.in_flight_limit = 2
+    assert ctl.next_rollout() and ctl.next_rollout() and ctl.next_rollout() is None
+    assert ctl.blocked["limit"] == 1
+
+
+def test_sampling_seeds_depend_on_run_seed_and_ticket_only():
+    a, b = controller(seed=5), controller(seed=5)
+    assert [a.next_rollout().seed for _ in range(3)] == [b.next_rollout().seed for _ in range(3)]
+    assert sampling_seed(5, 0) != sampling_seed(6, 0) and 0 <= sampling_seed(5, 0) < 2**31
 
 
 def test_stale_groups_are_retried_and_flat_groups_dropped():
-    ctl = RolloutController(StalenessGate(1, 0, 10), num_prompts=5, filter_zero_variance=True)
-    a = ctl.next_prompt()
-    assert ctl.on_group(a, group("a", [1.0, 1.0], 0)) == "filtered"
-    b = ctl.next_prompt()
-    assert ctl.on_group(b, group("b", [1.0, 0.0], 0)) == "accepted"
+    ctl = controller(batch=1, eta=0, concurrent=10, prompts=5, filter_flat=True)
+    a = ctl.next_rollout()
+    assert ctl.on_group(a.ticket, group("a", [1.0, 1.0], 0)) == "filtered"
+    b = ctl.next_rollout()
+    assert ctl.on_group(b.ticket, group("b", [1.0, 0.0], 0)) == "accepted"
     ctl.on_trained(1)
-    c = ctl.next_prompt()
+    c = ctl.next_rollout()
     # a group submitted at v0 finishing when the next batch trains at v1 is too stale for eta = 0
-    assert ctl.on_group(c, group("c", [0.0, 1.0], 0)) == "stale"
-    assert ctl.next_prompt() == c  # retried first
+    assert ctl.on_group(c.ticket, group("c", [0.0, 1.0], 0)) == "stale"
+    assert ctl.next_rollout().prompt == c.prompt  # retried first
     assert dict(ctl.outcomes) == {"filtered": 1, "accepted": 1, "stale": 1}
 
 
-def test_batches_are_fifo_and_state_round_trips():
-    ctl = RolloutController(StalenessGate(2, 2, 10), num_prompts=8, filter_zero_variance=False, seed=3)
-    ids = [ctl.next_prompt() for _ in range(3)]
-    for i, idx in enumerate(ids):
-        ctl.on_group(idx, group(f"g{i}", [0.0, 1.0], 0))
+def test_a_ticket_resolves_once():
+    ctl = controller(batch=1, eta=0, concurrent=1)
+    r = ctl.next_rollout()
+    assert ctl.next_rollout() is None
+    assert ctl.on_failure(r.ticket) is True
+    assert ctl.on_failure(r.ticket) is False  # a second report of the same failure changes nothing
+    assert ctl.on_group(r.ticket, group("late", [0.0, 1.0], 0)) == "ignored"  # nor does a late result
+    again = ctl.next_rollout()
+    assert again.prompt == r.prompt and again.ticket != r.ticket
+    assert ctl.unaccounted() == 0 and len(ctl.buffer) == 0
+
+
+def test_random_failures_lose_no_prompt_and_count_none_twice():
+    rng = random.Random(0)
+    ctl = controller(batch=4, eta=2, concurrent=12, prompts=7, filter_flat=True)
+    version, trained = 0, []
+    for _ in range(3000):
+        while (r := ctl.next_rollout()) is not None:
+            pass
+        ticket = rng.choice(list(ctl.in_flight))
+        roll = rng.random()
+        if roll < 0.2:
+            ctl.on_failure(ticket)
+            ctl.on_failure(ticket)  # the same failure seen twice (e.g. every call of a dead worker)
+        else:
+            rewards = [0.0, 0.0] if roll < 0.3 else [0.0, 1.0]
+            ctl.on_group(ticket, group(str(ticket), rewards, version - rng.choice([0, 0, 1, 3])))
+            if rng.random() < 0.1:
+                assert ctl.on_group(ticket, group(str(ticket), rewards, version)) == "ignored"
+        if (batch := ctl.take_batch()) is not None:
+            trained += [g.prompt_id for g in batch]
+            version += 1
+            ctl.on_trained(version)
+        assert ctl.unaccounted() == 0
+    assert len(trained) == len(set(trained)) == ctl.outcomes["trained"] > 1000
+    ledger = ctl.ledger()
+    assert ledger["drawn"] == (ledger["trained"] + ledger["filtered"] + ledger["buffered"] + ledger["in_flight"]
+                               + ledger["queued"])
+
+
+def test_batches_are_fifo_and_state_round_trips_through_json():
+    ctl = controller(batch=2, eta=2, concurrent=10, prompts=8, seed=3)
+    rollouts = [ctl.next_rollout() for _ in range(3)]
+    for i, r in enumerate(rollouts):
+        ctl.on_group(r.ticket, group(f"g{i}", [0.0, 1.0 + i / 3], 0))
     assert [g.prompt_id for g in ctl.take_batch()] == ["g0", "g1"]
     assert ctl.take_batch() is None
-    restored = RolloutController(StalenessGate(2, 2, 10), num_prompts=8, filter_zero_variance=False, seed=3)
-    restored.load_state_dict(ctl.state_dict())
-    assert restored.next_prompt() == ctl.next_prompt()
-
-
-def test_a_checkpoint_without_samples_requeues_buffered_and_in_flight_prompts():
-    ctl = RolloutController(StalenessGate(2, 2, 10), num_prompts=8, filter_zero_variance=False, seed=3)
-    ids = [ctl.next_prompt() for _ in range(5)]
-    for i, idx in enumerate(ids[:3]):
-        ctl.on_group(idx, group(f"g{i}", [0.0, 1.0], 0))
-    ctl.take_batch()  # ids[0], ids[1] trained; ids[2] buffered; ids[3], ids[4] in flight
-    state = ctl.requeued_state_dict(in_flight=[ids[3], ids[4]])
-    restored = RolloutController(StalenessGate(2, 2, 10), num_prompts=8, filter_zero_variance=False, seed=3)
-    restored.load_state_dict(state)
-    restored.gate.restore(1)
-    assert [restored.next_prompt() for _ in range(3)] == ids[2:5]  # then the epoch continues where it was
-    assert restored.next_prompt() == ctl.next_prompt()
-
-
-def test_failure_returns_the_slot_and_retries_the_prompt():
-    ctl = RolloutController(StalenessGate(1, 0, 1), num_prompts=3, filter_zero_variance=False)
-    idx = ctl.next_prompt()
-    assert ctl.next_prompt() is None
-    ctl.on_failure(idx)
-    assert ctl.next_prompt() == idx
+    in_flight = [ctl.next_rollout() for _ in range(2)]
+    state = json.loads(json.dumps(ctl.state_dict()))
+    restored = controller(batch=2, eta=2, concurrent=10, prompts=8, seed=3)
+    restored.load_state_dict(state, version=1)
+    assert list(restored.buffer) == list(ctl.buffer)  # the buffered sample survives, floats exact
+    assert restored.buffer[0].rewards == [0.0, 1.0 + 2 / 3]
+    # prompts in flight at save time come first, then the epoch continues where it was
+    assert [restored.next_rollout().prompt for _ in range(2)] == [r.prompt for r in in_flight]
+    for _ in range(2):
+        ctl.on_failure(next(iter(ctl.in_flight)))
+        ctl.next_rollout()
+    nxt, nxt_restored = ctl.next_rollout(), restored.next_rollout()
+    assert nxt.prompt == nxt_restored.prompt
+    assert restored.gate.accepted == 1 * 2 + 1 and restored.gate.running == 3
+    assert restored.unaccounted() == 0
 
 
 def test_busy_tracker_counts_overlaps_once():

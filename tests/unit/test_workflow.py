@@ -66,10 +66,18 @@ def test_evaluate_is_greedy(tmp_path):
 
 def test_length_tail_draws_long_tailed_minimum_lengths():
     workflow = SingleTurnWorkflow(FakeTask(), CharTokenizer(), SamplingConfig(max_new_tokens=200), n=2,
-                                  reward_timeout_s=1.0, length_tail=(10, 1.0), seed=0)
-    lengths = sorted(workflow.sampling_for_group().min_new_tokens for _ in range(2000))
+                                  reward_timeout_s=1.0, length_tail=(10, 1.0))
+    lengths = sorted(workflow.sampling_for_group(seed).min_new_tokens for seed in range(2000))
     median, p99 = lengths[1000], lengths[1980]
     assert 8 <= median <= 12 and p99 > 5 * median and lengths[-1] <= 200
     plain = SingleTurnWorkflow(FakeTask(), CharTokenizer(), SamplingConfig(max_new_tokens=8), n=2,
                                reward_timeout_s=1.0)
-    assert plain.sampling_for_group().min_new_tokens == 0
+    assert plain.sampling_for_group(7).min_new_tokens == 0
+
+
+def test_a_group_is_sampled_from_its_seed_alone():
+    workflow = SingleTurnWorkflow(FakeTask(), CharTokenizer(), SamplingConfig(max_new_tokens=200), n=2,
+                                  reward_timeout_s=1.0, length_tail=(10, 1.0))
+    first = [workflow.sampling_for_group(seed) for seed in (3, 4, 3)]
+    assert first[0] == first[2] and first[0].seed == 3  # the same seed gives the same settings, in any order
+    assert [workflow.sampling_for_group(seed) for seed in (3, 4)] == first[:2]

@@ -1,0 +1,80 @@
+"""Per-step metrics and the busy/idle timeline of every actor (RUN_DIR/timeline.jsonl).
+
+The driver records events as they happen; once per train step this turns the
+window into namespaced scalars (throughputs, staleness histogram, idle
+fractions of both sides) and appends the window's busy intervals to the
+timeline file, which run reports and ``bench/balance.py`` draw from.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+from areal.timeline import BusyTracker
+
+
+class StepMetrics:
+    """The current step's observations, and the timeline file."""
+
+    def __init__(self, timeline_path: Path):
+        self.learner = BusyTracker()  # busy while a train step runs
+        self.window: dict[str, list[float]] = {}
+        self.window_start = time.time()
+        self._syncs: list[tuple[float, float]] = []
+        timeline_path.parent.mkdir(parents=True, exist_ok=True)
+        self._timeline = open(timeline_path, "a", buffering=1)
+
+    def new_window(self) -> None:
+        self.window, self.window_start = {}, time.time()
+
+    def record(self, key: str, *values: float) -> None:
+        self.window.setdefault(key, []).extend(values)
+
+    def sync(self, start: float, end: float) -> None:
+        self._syncs.append((start, end))
+
+    def step(self, learner_stats: dict[str, float], rollout_busy: dict[str, list[tuple[float, float]]]) -> dict:
+        """Everything observed since the previous step, as scalars; ``rollout_busy`` maps each live
+        rollout worker to its busy intervals in the window."""
+        since, now = self.window_start, time.time()
+        elapsed = max(now - since, 1e-9)
+        w = self.window
+        metrics = dict(learner_stats)
+        rewards = w.get("rollout/reward", [])
+        metrics["rollout/reward_mean"] = sum(rewards) / max(len(rewards), 1)
+        for key in ("accepted", "stale", "filtered", "reward_failures"):
+            metrics[f"rollout/{key}"] = float(sum(w.get(f"rollout/{key}", [])))
+        metrics["rollout/tokens_per_s"] = sum(w.get("rollout/generated_tokens", [])) / elapsed
+        metrics["learner/tokens_per_s"] = sum(w.get("learner/consumed_tokens", [])) / elapsed
+        stale = w.get("staleness/trained", [])
+        if stale:
+            metrics["staleness/mean"] = sum(stale) / len(stale)
+            metrics["staleness/max"] = float(max(stale))
+            for value, count in Counter(stale).items():
+                metrics[f"staleness/hist_{int(value)}"] = float(count)
+        busy = [sum(max(0.0, min(b, now) - max(a, since)) for a, b in spans) for spans in rollout_busy.values()]
+        metrics["rollout/idle_fraction"] = 1.0 - sum(busy) / (elapsed * max(len(busy), 1))
+        metrics["learner/idle_fraction"] = self.learner.idle_fraction(since, now)
+        self._write_timeline(rollout_busy, since, now)
+        self.new_window()
+        self.window_start = now
+        return metrics
+
+    def _write_timeline(self, rollout_busy: dict, since: float, now: float) -> None:
+        learner = [(max(a, since), min(b, now)) for a, b in self.learner.intervals if b > since]
+        if self.learner.open_since is not None:
+            learner.append((max(self.learner.open_since, since), now))
+        rows = [("learner", "busy", span) for span in learner]
+        rows += [(actor, "busy", span) for actor, spans in rollout_busy.items() for span in spans]
+        rows += [("weights", "sync", span) for span in self._syncs]
+        self._syncs = []
+        for actor, kind, (a, b) in rows:
+            if b > a:
+                self._timeline.write(json.dumps({"actor": actor, "kind": kind, "start": a, "end": b}) + "\n")
+        self._timeline.write(json.dumps({"actor": "window", "kind": "step", "start": since, "end": now}) + "\n")
+
+    def close(self) -> None:
+        self._timeline.close()
