@@ -127,11 +127,11 @@ def test_a_killed_learner_is_restored_from_the_last_checkpoint(ray_session, tmp_
 
 
 DETERMINISTIC = ["experiment=ci_tiny", "controller.deterministic=true", "checkpoint.every=1", "eval_every=0",
-                 "total_steps=6", "logging.tensorboard=false", "logging.wandb_mode=disabled"]
+                 "total_steps=10", "logging.tensorboard=false", "logging.wandb_mode=disabled"]
 
 
 def final_weights_digest(out: Path) -> str:
-    manifest = json.loads((out / "checkpoints" / "step-00000006" / "manifest.json").read_text())
+    manifest = json.loads((out / "checkpoints" / "step-00000010" / "manifest.json").read_text())
     return manifest["files"]["model/model.safetensors"]
 
 
@@ -145,7 +145,7 @@ def test_a_driver_killed_mid_run_resumes_to_the_same_weights_as_an_uninterrupted
     try:
         wait_for(lambda: (interrupted / "checkpoints" / "step-00000003").exists() or proc.poll() is not None, 600,
                  "the third checkpoint of the run to be killed")
-        time.sleep(random.Random(5).uniform(0.0, 0.5))
+        time.sleep(random.Random(5).uniform(0.0, 0.3))
         assert proc.poll() is None, "the run ended before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
@@ -156,15 +156,17 @@ def test_a_driver_killed_mid_run_resumes_to_the_same_weights_as_an_uninterrupted
         except ProcessLookupError:
             pass
     killed_at = max(int(p.name[5:]) for p in (interrupted / "checkpoints").glob("step-*"))
-    assert 3 <= killed_at < 6
+    # steps after the kill train first on the saved buffer (up to max_staleness = 2 batches), then on
+    # rollouts generated after the resume: both must match the uninterrupted run
+    assert 3 <= killed_at <= 7
 
     thread, result = start_training([*DETERMINISTIC, f"out_dir={interrupted}", "checkpoint.resume=true"])
     resumed = finished(thread, result, 900)
     thread, result = start_training([*DETERMINISTIC, f"out_dir={uninterrupted}"])
     straight = finished(thread, result, 900)
 
-    assert resumed["steps"] == straight["steps"] == 6
+    assert resumed["steps"] == straight["steps"] == 10
     assert final_weights_digest(interrupted) == final_weights_digest(uninterrupted)
     rows = [json.loads(line) for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
-    assert [r["staleness/version"] for r in rows if "learner/loss" in r][-(6 - killed_at):] == \
-        [float(v) for v in range(killed_at + 1, 7)]
+    assert [r["staleness/version"] for r in rows if "learner/loss" in r][-(10 - killed_at):] == \
+        [float(v) for v in range(killed_at + 1, 11)]
