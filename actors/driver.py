@@ -148,13 +148,14 @@ class Driver:
                 self.requeue(tickets)
                 continue
             group.info["ticket"] = pending.ticket
+            self.metrics.record("rollout/latency", time.monotonic() - pending.submitted)
             outcome = self.controller.on_group(pending.ticket, group)
             self.metrics.record("rollout/generated_tokens", group.num_output_tokens)
             self.metrics.record(f"rollout/{outcome}", 1)
             failures = sum(group.info.get("reward_failures", {}).values())
             if failures:
                 self.metrics.record("rollout/reward_failures", failures)
-                log.warning("reward failures in group %s: %s", group.prompt_id,
+                log.warning("%s: reward failures in group %s: %s", self.fleet.name(pending.worker), group.prompt_id,
                             group.info.get("reward_failure_example"))
             if outcome == ACCEPTED:
                 self.metrics.record("rollout/reward", *group.rewards)
@@ -196,6 +197,7 @@ class Driver:
                                                       "learner.step_timeout_s", self.learners.names))
             self.training = []
             self.metrics.learner.end()
+            train_seconds = time.monotonic() - self.training_started
             self.version += 1
             self.payload = self.learners.weights_payload()
             if self.cfg.checkpoint.every and self.version % self.cfg.checkpoint.every == 0 and \
@@ -210,7 +212,7 @@ class Driver:
         metrics = self.metrics.step(stats, self.fleet.timelines(self.metrics.window_start))
         metrics["staleness/version"] = float(self.version)
         if self.balancer is not None:
-            metrics.update(self.balance(metrics))
+            metrics.update(self.balance(metrics, train_seconds))
         if self.cfg.eval_every and self.version % self.cfg.eval_every == 0 and self.version < self.cfg.total_steps:
             metrics["eval/accuracy"] = self.evaluate()[0]
         self.emit(self.version, metrics)
@@ -226,10 +228,14 @@ class Driver:
         stats["weights/sync_seconds"] = time.time() - start
         stats["weights/load_seconds_max"] = max(seconds, default=0.0)
 
-    def balance(self, metrics: dict[str, float]) -> dict[str, float]:
+    def balance(self, metrics: dict[str, float], train_seconds: float) -> dict[str, float]:
         """One balancer decision per step, applied to the controller and the fleet."""
-        obs = StepObservation(metrics["learner/idle_fraction"], metrics["rollout/idle_fraction"],
-                              self.controller.blocked["limit"] > 0, len(self.fleet.serving()), len(self.fleet.starting))
+        obs = StepObservation(
+            learner_idle=metrics["learner/idle_fraction"], rollout_idle=metrics["rollout/idle_fraction"],
+            backlog=len(self.controller.buffer), batch_size=self.cfg.batch_size, train_seconds=train_seconds,
+            rollout_latency=metrics.get("rollout/latency_mean"), limit_bound=self.controller.blocked["limit"] > 0,
+            gate_bound=self.controller.blocked["gate"] > 0,
+            workers=len(self.fleet.serving()), starting=len(self.fleet.starting))
         self.controller.blocked.clear()
         decision = self.balancer.on_step(obs)
         if decision.in_flight_limit != self.controller.in_flight_limit or decision.add_workers:
@@ -240,7 +246,8 @@ class Driver:
             self.fleet.start_worker()
         elif decision.add_workers < 0:
             self.fleet.retire_one()
-        return {"controller/in_flight_limit": float(decision.in_flight_limit),
+        return {"controller/in_flight_limit": float(decision.in_flight_limit), "controller/backlog_groups":
+                float(obs.backlog), "controller/gain": self.balancer.gain,
                 "rollout/workers": float(len(self.fleet.serving()))}
 
     # -- failures and checkpoints -----------------------------------------------------------------

@@ -49,6 +49,9 @@ class StepMetrics:
             metrics[f"rollout/{key}"] = float(sum(w.get(f"rollout/{key}", [])))
         metrics["rollout/tokens_per_s"] = sum(w.get("rollout/generated_tokens", [])) / elapsed
         metrics["learner/tokens_per_s"] = sum(w.get("learner/consumed_tokens", [])) / elapsed
+        latency = w.get("rollout/latency", [])
+        if latency:
+            metrics["rollout/latency_mean"] = sum(latency) / len(latency)
         stale = w.get("staleness/trained", [])
         if stale:
             metrics["staleness/mean"] = sum(stale) / len(stale)

@@ -3,21 +3,27 @@
 Asynchronous RL is a producer/consumer pipeline joined by a bounded buffer. If
 generation is slower, the learner waits for batches; if it is faster, rollouts
 run ahead until the staleness gate stops them and then sit idle, and what they
-made is older (more off-policy) than it needed to be. The balancer watches both
-sides' idle fractions once per train step and turns two knobs:
+made is older (more off-policy) than it needed to be. The ideal steady state
+is that the next batch completes just as the learner finishes the current one.
 
-* the in-flight limit (groups generating at once, never above what the gate
-  allows): lower it while rollouts idle and the learner does not, which slows
-  generation to the learner's pace and keeps the engines busy with fresher
-  work; raise it while the learner starves;
-* the number of rollout workers, between a minimum and a maximum (the resource
-  budget): add one when the learner starves although the limit is not what
-  holds generation back, retire one when rollouts idle at the lowest limit.
+The knob is the in-flight limit (groups generating at once, never above what
+the gate allows). By Little's law, completing groups at the learner's rate
+lambda = B / (seconds per train step) takes lambda * W groups in flight, W being
+the time one group takes at the current load. The limit is set to
+``ceil(lambda * W * gain)`` each step; ``gain`` corrects the estimate from two
+signals: the learner waited for data (raise it), or a whole batch was already
+waiting behind the one being trained and the backlog is not shrinking (lower
+it). Feeding forward from the measured rates matters: the buffer ahead holds up
+to max_staleness batches, so idle time alone reacts several steps late and a
+pure feedback loop overshoots.
 
-Both rules act only outside a dead band (idle above ``target_idle``), so a
-pipeline that is balanced stays as it is. Decisions are a pure function of the
-observations, and time comes from an injected clock, so the same object runs in
-the driver and in the discrete-event simulation (``bench/simulate.py``).
+The worker count moves within the resource budget (min/max workers): one more
+when the learner starves and the limit cannot help (at its maximum, or not what
+holds generation back); one fewer when rollouts idle with the learner fed and
+either every worker has only its minimum share or the staleness gate is what
+holds generation back. Decisions are a pure function of the observations, and
+time comes from an injected clock, so the same object runs in the driver and in
+the discrete-event simulation (``bench/simulate.py``).
 """
 
 from __future__ import annotations
@@ -33,8 +39,13 @@ class StepObservation:
     """What the driver saw over one train step's window."""
 
     learner_idle: float  # fraction of the window the learner had no step running
-    rollout_idle: float  # fraction of worker-time with no rollout running, averaged over workers
-    limit_bound: bool  # the in-flight limit (not the staleness gate) refused a submission in the window
+    rollout_idle: float  # fraction of worker-time with no rollout running, averaged over workers (reported)
+    backlog: int  # groups left in the buffer right after the next batch was taken
+    batch_size: int  # B, groups per train step
+    train_seconds: float  # the learner's busy time for the step (its consumption rate is B / this)
+    rollout_latency: float | None  # mean submit-to-result seconds of groups finished in the window
+    limit_bound: bool  # the in-flight limit refused a submission in the window
+    gate_bound: bool  # the staleness gate refused a submission in the window (generation is eta batches ahead)
     workers: int  # rollout workers serving now
     starting: int = 0  # rollout workers started but not yet serving
 
@@ -67,45 +78,59 @@ class ThroughputBalancer:
         self.min_workers, self.max_workers = min_workers, max_workers
         self.target_idle, self.smoothing, self.cooldown_s = target_idle, smoothing, cooldown_s
         self.clock = clock
-        self.limit = max_in_flight  # start where an unbalanced run would be, then walk
-        self.learner_idle: float | None = None  # smoothed observations
-        self.rollout_idle: float | None = None
+        self.limit = max_in_flight  # where an unbalanced run would be, until the first measurement
+        self.gain = 1.0 + target_idle  # a little faster than the learner, so it does not wait
+        self.rate: float | None = None  # smoothed groups/s the learner consumes when fed
+        self.latency: float | None = None  # smoothed seconds per group
         self._last_scaling = -math.inf
+        self._last_backlog: int | None = None
 
     def _smooth(self, old: float | None, new: float) -> float:
         return new if old is None else (1 - self.smoothing) * old + self.smoothing * new
 
     def on_step(self, obs: StepObservation) -> Decision:
         """Fold in one step's observation and decide the in-flight limit and worker change."""
-        self.learner_idle = self._smooth(self.learner_idle, obs.learner_idle)
-        self.rollout_idle = self._smooth(self.rollout_idle, obs.rollout_idle)
-        starving, idling = self.learner_idle > self.target_idle, self.rollout_idle > self.target_idle
+        self.rate = self._smooth(self.rate, obs.batch_size / max(obs.train_seconds, 1e-6))
+        if obs.rollout_latency is not None:
+            self.latency = self._smooth(self.latency, obs.rollout_latency)
+        starving = obs.learner_idle > self.target_idle
+        ahead = obs.backlog >= obs.batch_size
+        # a backlog that is already shrinking needs no further cut: it drains at the current limit
+        draining = self._last_backlog is not None and obs.backlog < self._last_backlog
+        self._last_backlog = obs.backlog
+        if starving:
+            self.gain = min(self.gain * 1.2, 8.0)
+        elif ahead and not draining:
+            self.gain = max(self.gain * 0.85, 0.25)
+        floor = max(self.min_in_flight, obs.workers)  # every worker keeps at least one rollout
+        if self.latency is not None:
+            self.limit = min(self.max_in_flight, max(floor, math.ceil(self.rate * self.latency * self.gain)))
         can_scale = obs.starting == 0 and self.clock() - self._last_scaling >= self.cooldown_s
-        if starving and not idling:
-            if obs.limit_bound and self.limit < self.max_in_flight:
-                self.limit = min(self.max_in_flight, self.limit + max(1, self.limit // 4))
-                return Decision(self.limit, 0, "learner starved: more rollouts in flight")
+        if starving and (self.limit >= self.max_in_flight or not obs.limit_bound):
             if can_scale and obs.workers < self.max_workers:
                 self._last_scaling = self.clock()
-                return Decision(self.limit, 1, "learner starved with generation unconstrained: add a worker")
-            return Decision(self.limit, 0, "learner starved: at the in-flight and worker budget")
-        if idling and not starving:
-            floor = max(self.min_in_flight, obs.workers)  # every worker keeps at least one rollout
-            if self.limit > floor:
-                self.limit = max(floor, self.limit - max(1, self.limit // 4))
-                return Decision(self.limit, 0, "rollouts idle: fewer in flight (fresher samples)")
+                return Decision(self.limit, 1, "learner starved and more in flight cannot help: add a worker")
+            return Decision(self.limit, 0, "learner starved: at the in-flight and worker budget, or the "
+                                           "staleness bound (algo.max_staleness) serialises the two sides")
+        # rollouts idle while the learner is fed: generation has capacity to spare once the limit is at its
+        # floor, or when the staleness gate, not the limit, is what stops it
+        spare = not starving and obs.rollout_idle > self.target_idle and \
+            ((ahead and self.limit <= floor) or (obs.gate_bound and not obs.limit_bound))
+        if spare:
             if can_scale and obs.workers > self.min_workers:
                 self._last_scaling = self.clock()
-                return Decision(self.limit, -1, "rollouts idle at the lowest limit: retire a worker")
-            return Decision(self.limit, 0, "rollouts idle: at the in-flight and worker floor")
-        if starving and idling:
-            return Decision(self.limit, 0, "both sides idle: the staleness bound (algo.max_staleness) "
-                                           "serialises generation and training")
+                return Decision(self.limit, -1, "rollouts idle with the learner fed: retire a worker")
+            if ahead and self.limit <= floor:
+                return Decision(self.limit, 0, "generation ahead at the in-flight and worker floor")
+        if starving:
+            return Decision(self.limit, 0, "learner starved: more rollouts in flight")
+        if ahead:
+            return Decision(self.limit, 0, "a whole batch waits: fewer rollouts in flight (fresher samples)")
         return Decision(self.limit, 0, "balanced")
 
     def state_dict(self) -> dict:
-        return {"limit": self.limit, "learner_idle": self.learner_idle, "rollout_idle": self.rollout_idle}
+        return {"limit": self.limit, "gain": self.gain, "rate": self.rate, "latency": self.latency}
 
     def load_state_dict(self, state: dict) -> None:
         self.limit = min(self.max_in_flight, max(self.min_in_flight, int(state["limit"])))
-        self.learner_idle, self.rollout_idle = state["learner_idle"], state["rollout_idle"]
+        self.gain, self.rate, self.latency = state["gain"], state["rate"], state["latency"]

@@ -1,5 +1,6 @@
-"""ThroughputBalancer: lowers the in-flight limit while rollouts idle, raises it (then adds workers) while the
-learner starves, leaves a balanced pipeline alone; LeastLoaded picks in O(log n) among changing workers."""
+"""ThroughputBalancer: sets the in-flight limit from Little's law (learner rate x group latency), corrects it
+when the learner starves or a whole batch waits, scales workers within the budget; LeastLoaded picks in
+O(log n) among changing workers."""
 
 import pytest
 
@@ -14,51 +15,78 @@ def balancer(now, **kw):
     return ThroughputBalancer(**args)
 
 
-def obs(learner, rollout, limit_bound=True, workers=1, starting=0):
-    return StepObservation(learner, rollout, limit_bound, workers, starting)
+def obs(learner=0.0, rollout=0.0, backlog=0, latency=0.25, limit_bound=True, gate_bound=False, workers=1,
+        starting=0):
+    # B = 16 groups trained in 0.5 s: the learner consumes 32 groups/s when fed
+    return StepObservation(learner, rollout, backlog, 16, 0.5, latency, limit_bound, gate_bound, workers, starting)
 
 
-def test_idle_rollouts_lower_the_limit_down_to_one_per_worker_then_retire_a_worker():
+def test_the_limit_is_what_keeps_the_learner_fed_by_littles_law():
+    b = balancer([0.0])
+    assert b.limit == 32  # no measurement yet: as an unbalanced run
+    decision = b.on_step(obs(latency=0.25))
+    assert decision.in_flight_limit == 9 and decision.reason == "balanced"  # ceil(32/s * 0.25 s * 1.1)
+    assert b.on_step(obs(latency=0.5)).in_flight_limit == 18  # slower groups need more in flight
+    assert b.on_step(obs(latency=None)).in_flight_limit == 18  # no group finished: keep the estimate
+
+
+def test_a_starving_learner_raises_the_limit_then_adds_one_worker_at_a_time():
     now = [100.0]
     b = balancer(now)
-    decisions = [b.on_step(obs(0.02, 0.5, workers=2)) for _ in range(12)]
+    limits = [b.on_step(obs(learner=0.3)).in_flight_limit for _ in range(3)]
+    assert limits == sorted(limits) and limits[0] > 9
+    while b.limit < 32:
+        decision = b.on_step(obs(learner=0.3))
+    assert decision.add_workers == 1
+    assert b.on_step(obs(learner=0.3, starting=1)).add_workers == 0  # one start at a time
+    now[0] += 11
+    assert b.on_step(obs(learner=0.3, workers=2)).add_workers == 1
+    now[0] += 11
+    assert b.on_step(obs(learner=0.3, workers=3)).add_workers == 0  # the budget's maximum
+
+
+def test_a_starving_learner_adds_a_worker_when_the_limit_is_not_what_holds_generation_back():
+    b = balancer([0.0])
+    assert b.on_step(obs(learner=0.3, limit_bound=False)).add_workers == 1
+
+
+def test_a_waiting_batch_lowers_the_limit_to_one_per_worker_then_retires_a_worker():
+    now = [100.0]
+    b = balancer(now)
+    decisions = [b.on_step(obs(rollout=0.4, backlog=16, latency=0.1, workers=2)) for _ in range(12)]
     limits = [d.in_flight_limit for d in decisions]
-    assert limits[0] == 24 and limits == sorted(limits, reverse=True) and limits[-1] == 2
-    # workers are retired only once the limit is at its floor, one at a time
-    assert [d.add_workers for d in decisions if d.add_workers] == [-1]
-    assert decisions[limits.index(2) + 1].add_workers == -1
+    assert limits == sorted(limits, reverse=True) and limits[-1] == 2  # floor: one rollout per worker
+    retired = [i for i, d in enumerate(decisions) if d.add_workers]
+    assert [decisions[i].add_workers for i in retired] == [-1] and limits[retired[0]] == 2
     now[0] += 11
-    assert b.on_step(obs(0.02, 0.5, workers=1)).add_workers == 0  # the floor is one worker
+    assert b.on_step(obs(rollout=0.4, backlog=16, latency=0.1, workers=1)).add_workers == 0  # min_workers
 
 
-def test_a_starving_learner_raises_the_limit_and_adds_workers_only_when_the_limit_is_not_binding():
-    now = [100.0]
-    b = balancer(now)
-    b.limit = 8
-    assert b.on_step(obs(0.4, 0.0, limit_bound=True)).in_flight_limit == 10
-    grow = b.on_step(obs(0.4, 0.0, limit_bound=False))
-    assert grow.add_workers == 1 and grow.in_flight_limit == 10
-    assert b.on_step(obs(0.4, 0.0, limit_bound=False, starting=1)).add_workers == 0  # one start at a time
-    now[0] += 11
-    assert b.on_step(obs(0.4, 0.0, limit_bound=False, workers=2)).add_workers == 1
-    now[0] += 11
-    assert b.on_step(obs(0.4, 0.0, limit_bound=False, workers=3)).add_workers == 0  # the budget's maximum
+def test_a_backlog_that_is_already_draining_is_not_cut_further():
+    b = balancer([0.0])
+    b.on_step(obs(backlog=48))
+    gain = b.gain
+    for backlog in (40, 32, 24):  # generation runs slower than training already: the backlog shrinks
+        b.on_step(obs(backlog=backlog))
+    assert b.gain == gain
+    b.on_step(obs(backlog=24))  # stopped shrinking while a whole batch still waits
+    assert b.gain < gain
 
 
-def test_a_balanced_pipeline_and_a_serialised_one_are_left_alone():
+def test_rollouts_held_back_by_the_staleness_gate_while_the_learner_is_fed_lose_a_worker():
     now = [0.0]
     b = balancer(now)
-    assert b.on_step(obs(0.05, 0.05)) .reason == "balanced"
-    both = b.on_step(obs(0.5, 0.5))
-    assert both.in_flight_limit == 32 and both.add_workers == 0 and "max_staleness" in both.reason
+    assert b.on_step(obs(rollout=0.5, limit_bound=False, gate_bound=True, workers=2)).add_workers == -1
+    now[0] += 11
+    assert b.on_step(obs(rollout=0.5, limit_bound=False, gate_bound=True, workers=1)).add_workers == 0
+    # the same idle rollouts with a starving learner are the synchronous pattern: nothing to retire
+    assert b.on_step(obs(learner=0.5, rollout=0.5, limit_bound=False, gate_bound=True, workers=2)).add_workers >= 0
 
 
-def test_observations_are_smoothed():
-    now = [0.0]
-    b = balancer(now, smoothing=0.5)
-    b.on_step(obs(0.0, 0.0))
-    assert b.on_step(obs(0.0, 0.15)).reason == "balanced"  # one noisy step (smoothed 0.075) changes nothing
-    assert b.on_step(obs(0.0, 0.15)).in_flight_limit < 32
+def test_a_balanced_pipeline_is_left_alone():
+    b = balancer([0.0])
+    first = b.on_step(obs(learner=0.05, rollout=0.05, backlog=3))
+    assert [b.on_step(obs(learner=0.05, rollout=0.05, backlog=3)) for _ in range(5)] == [first] * 5
 
 
 def test_bad_budgets_are_refused():

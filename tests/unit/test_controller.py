@@ -75,7 +75,7 @@ def test_random_failures_lose_no_prompt_and_count_none_twice():
     ctl = controller(batch=4, eta=2, concurrent=12, prompts=7, filter_flat=True)
     version, trained = 0, []
     for _ in range(3000):
-        while (r := ctl.next_rollout()) is not None:
+        while ctl.next_rollout() is not None:
             pass
         ticket = rng.choice(list(ctl.in_flight))
         roll = rng.random()

@@ -1,0 +1,43 @@
+"""The balancer changes the rollout fleet while the run goes on: a worker is added when the learner starves
+and retired when generation runs ahead, and no prompt is lost either way."""
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+COMMON = ["experiment=ci_tiny", "eval_every=0", "controller.scale_cooldown_s=0", "logging.tensorboard=false",
+          "logging.wandb_mode=disabled"]
+
+
+def run(tmp_path, *overrides):
+    from launch.config_loader import load_config
+    from launch.train import train
+
+    cfg, resolved = load_config([*COMMON, f"out_dir={tmp_path}", *overrides])
+    summary = train(cfg, resolved)
+    steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    timeline = [json.loads(line) for line in (tmp_path / "timeline.jsonl").read_text().splitlines()]
+    assert summary["ledger"]["unaccounted"] == 0 and summary["duplicate_trained_tickets"] == 0
+    assert summary["ledger"]["trained"] == cfg.total_steps * cfg.batch_size
+    return summary, [s for s in steps if "learner/loss" in s], timeline
+
+
+def test_a_starving_learner_gets_another_rollout_worker(ray_session, tmp_path):
+    # one group at a time, each at least ~48 tokens long: generation cannot keep up with the learner
+    summary, steps, timeline = run(tmp_path, "total_steps=14", "rollout.max_concurrent=1", "rollout.max_new_tokens=64",
+                                   "rollout.length_tail_median=48", "rollout.length_tail_sigma=0.1",
+                                   "rollout.max_workers=2")
+    assert steps[0]["learner/idle_fraction"] > 0.1
+    assert summary["rollout_workers"] + summary["rollout_workers_starting"] == 2
+    if summary["rollout_workers"] == 2:  # the new worker served before the run ended
+        assert any(row["actor"] == "rollout-1" for row in timeline)
+
+
+def test_rollout_workers_that_run_ahead_are_retired(ray_session, tmp_path):
+    # two workers generate faster than the learner trains: they wait at the staleness gate
+    summary, steps, timeline = run(tmp_path, "total_steps=12", "rollout.workers=2", "rollout.min_workers=1")
+    assert summary["rollout_workers"] == 1  # one worker was drained and shut down while the run went on
+    assert [s["rollout/workers"] for s in steps][-1] == 1.0
+    assert {row["actor"] for row in timeline} >= {"rollout-0", "rollout-1"}
