@@ -51,8 +51,12 @@ class LearnerActor:
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         return self.learner.train_step(batch)
 
-    def weights_payload(self) -> dict[str, bytes]:
-        return self.learner.weights_payload()
+    @ray.method(num_returns=2)
+    def weights_payload(self) -> tuple[int, dict[str, bytes]]:
+        """(bytes exported, weight files): the small first value lets the driver confirm the export
+        without fetching the files, which go straight from the object store to the rollout workers."""
+        files = self.learner.weights_payload()
+        return sum(len(b) for b in files.values()), files
 
     def write_checkpoint_shard(self, staging: str) -> tuple[dict[str, str], str]:
         return self.learner.write_checkpoint_shard(staging)

@@ -73,10 +73,11 @@ class LearnerGroup:
 
     def weights_payload(self) -> ray.ObjectRef:
         """Rank 0's weight files (every rank joins, as ZeRO-3 gathering needs)."""
-        refs = [a.weights_payload.remote() for a in self.actors]
-        wait_all(refs[1:], self.cfg.rollout.weight_sync_timeout_s, "learner weights_payload",
-                 "rollout.weight_sync_timeout_s", self.names[1:])
-        return refs[0]
+        sizes, payloads = zip(*[a.weights_payload.remote() for a in self.actors])
+        # a failed export raises here, naming the rank, rather than later inside every rollout worker
+        wait_all(list(sizes), self.cfg.rollout.weight_sync_timeout_s, "weights_payload",
+                 "rollout.weight_sync_timeout_s", self.names)
+        return payloads[0]
 
     def save_checkpoint(self, root: str, meta: dict, extra: dict[str, bytes] | None = None) -> str:
         """A complete checkpoint of every rank under ``root``/step-N (``meta`` must hold ``step``), plus

@@ -170,3 +170,16 @@ def test_a_driver_killed_mid_run_resumes_to_the_same_weights_as_an_uninterrupted
     rows = [json.loads(line) for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
     assert [r["staleness/version"] for r in rows if "learner/loss" in r][-(10 - killed_at):] == \
         [float(v) for v in range(killed_at + 1, 11)]
+
+
+def test_a_learner_failure_beyond_the_restart_budget_stops_the_run_with_the_setting_named(ray_session, tmp_path):
+    thread, result = start_training(["experiment=ci_tiny", f"out_dir={tmp_path}", "total_steps=40",
+                                     "learner.max_restarts=0", "eval_every=0", "logging.tensorboard=false",
+                                     "logging.wandb_mode=disabled"])
+    wait_for(lambda: trained_steps(tmp_path) >= 2 or not thread.is_alive(), 600, "two train steps")
+    _, pid = actor_pid("learner")
+    os.kill(pid, signal.SIGKILL)
+    thread.join(300)
+    assert not thread.is_alive()
+    message = str(result.get("error"))
+    assert "learner.max_restarts=0" in message and "checkpoint.resume=true" in message
