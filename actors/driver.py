@@ -102,6 +102,8 @@ class Driver:
             self.fleet.reap()
             self.submit()
             self.collect()
+            if not self.deterministic:  # refill at once: the gap between two rollouts is rollout idle time
+                self.submit()
             for worker, reason in self.fleet.overdue().items():
                 self.requeue(self.fleet.fail(worker, reason))
             if self.training and self.training_done():
