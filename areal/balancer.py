@@ -10,10 +10,11 @@ The knob is the in-flight limit (groups generating at once, never above what
 the gate allows). By Little's law, completing groups at the learner's rate
 lambda = B / (seconds per train step) takes lambda * W groups in flight, W being
 the time one group takes at the current load. The limit is set to
-``ceil(lambda * W * gain)`` each step; ``gain`` corrects the estimate from two
-signals: the learner waited for data (raise it), or a whole batch was already
-waiting behind the one being trained and the backlog is not shrinking (lower
-it). Feeding forward from the measured rates matters: the buffer ahead holds up
+``ceil(lambda * W * gain * level)`` each step, where ``level`` answers the
+buffer at once (above 1 while fewer than half a batch waits, below 1 above
+that) and ``gain`` slowly corrects the estimate from two signals: the learner
+waited for data (raise it), or a whole batch was already waiting behind the
+one being trained and the backlog is not shrinking (lower it). Feeding forward from the measured rates matters: the buffer ahead holds up
 to max_staleness batches, so idle time alone reacts several steps late and a
 pure feedback loop overshoots.
 
@@ -101,10 +102,14 @@ class ThroughputBalancer:
         if starving:
             self.gain = min(self.gain * 1.2, 8.0)
         elif ahead and not draining:
-            self.gain = max(self.gain * 0.85, 0.25)
+            self.gain = max(self.gain * 0.9, 0.25)
         floor = max(self.min_in_flight, obs.workers)  # every worker keeps at least one rollout
         if self.latency is not None:
-            self.limit = min(self.max_in_flight, max(floor, math.ceil(self.rate * self.latency * self.gain)))
+            # proportional to how far the backlog is from half a batch: a fast answer to the buffer's level,
+            # while ``gain`` slowly absorbs what the rate estimate gets wrong
+            level = 1.0 + 0.5 * (0.5 * obs.batch_size - obs.backlog) / obs.batch_size
+            target = self.rate * self.latency * self.gain * max(level, 0.0)
+            self.limit = min(self.max_in_flight, max(floor, math.ceil(target)))
         can_scale = obs.starting == 0 and self.clock() - self._last_scaling >= self.cooldown_s
         if starving and (self.limit >= self.max_in_flight or not obs.limit_bound):
             if can_scale and obs.workers < self.max_workers:

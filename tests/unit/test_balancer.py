@@ -24,10 +24,12 @@ def obs(learner=0.0, rollout=0.0, backlog=0, latency=0.25, limit_bound=True, gat
 def test_the_limit_is_what_keeps_the_learner_fed_by_littles_law():
     b = balancer([0.0])
     assert b.limit == 32  # no measurement yet: as an unbalanced run
-    decision = b.on_step(obs(latency=0.25))
+    decision = b.on_step(obs(latency=0.25, backlog=8))  # half a batch waiting: the level term is neutral
     assert decision.in_flight_limit == 9 and decision.reason == "balanced"  # ceil(32/s * 0.25 s * 1.1)
-    assert b.on_step(obs(latency=0.5)).in_flight_limit == 18  # slower groups need more in flight
-    assert b.on_step(obs(latency=None)).in_flight_limit == 18  # no group finished: keep the estimate
+    assert b.on_step(obs(latency=0.5, backlog=8)).in_flight_limit == 18  # slower groups need more in flight
+    assert b.on_step(obs(latency=None, backlog=8)).in_flight_limit == 18  # no group finished: keep the estimate
+    assert b.on_step(obs(latency=0.5, backlog=0)).in_flight_limit == 22  # an empty buffer asks for more now
+    assert b.on_step(obs(latency=0.5, backlog=12)).in_flight_limit == 16  # a fuller one for less
 
 
 def test_a_starving_learner_raises_the_limit_then_adds_one_worker_at_a_time():
