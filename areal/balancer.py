@@ -20,9 +20,8 @@ pure feedback loop overshoots.
 
 The worker count moves within the resource budget (min/max workers): one more
 when the learner starves and the limit cannot help (at its maximum, or not what
-holds generation back); one fewer when rollouts idle with the learner fed and
-either every worker has only its minimum share or the staleness gate is what
-holds generation back. Decisions are a pure function of the observations, and
+holds generation back); one fewer when rollouts idle with the learner fed while
+generation is ahead (a whole batch waits, or the staleness gate stops it). Decisions are a pure function of the observations, and
 time comes from an injected clock, so the same object runs in the driver and in
 the discrete-event simulation (``bench/simulate.py``).
 """
@@ -117,10 +116,9 @@ class ThroughputBalancer:
                 return Decision(self.limit, 1, "learner starved and more in flight cannot help: add a worker")
             return Decision(self.limit, 0, "learner starved: at the in-flight and worker budget, or the "
                                            "staleness bound (algo.max_staleness) serialises the two sides")
-        # rollouts idle while the learner is fed: generation has capacity to spare once the limit is at its
-        # floor, or when the staleness gate, not the limit, is what stops it
-        spare = not starving and obs.rollout_idle > self.target_idle and \
-            ((ahead and self.limit <= floor) or (obs.gate_bound and not obs.limit_bound))
+        # rollouts idle while the learner is fed and generation is ahead (a batch waits, or the staleness
+        # gate stops it): the same training throughput needs fewer workers
+        spare = not starving and obs.rollout_idle > self.target_idle and (ahead or obs.gate_bound)
         if spare:
             if can_scale and obs.workers > self.min_workers:
                 self._last_scaling = self.clock()

@@ -52,16 +52,18 @@ def test_a_starving_learner_adds_a_worker_when_the_limit_is_not_what_holds_gener
     assert b.on_step(obs(learner=0.3, limit_bound=False)).add_workers == 1
 
 
-def test_a_waiting_batch_lowers_the_limit_to_one_per_worker_then_retires_a_worker():
+def test_a_waiting_batch_lowers_the_limit_to_one_per_worker_and_idle_rollouts_lose_a_worker():
     now = [100.0]
     b = balancer(now)
     decisions = [b.on_step(obs(rollout=0.4, backlog=16, latency=0.1, workers=2)) for _ in range(12)]
     limits = [d.in_flight_limit for d in decisions]
     assert limits == sorted(limits, reverse=True) and limits[-1] == 2  # floor: one rollout per worker
-    retired = [i for i, d in enumerate(decisions) if d.add_workers]
-    assert [decisions[i].add_workers for i in retired] == [-1] and limits[retired[0]] == 2
+    assert [d.add_workers for d in decisions] == [-1] + [0] * 11  # one retirement, then the cooldown
     now[0] += 11
     assert b.on_step(obs(rollout=0.4, backlog=16, latency=0.1, workers=1)).add_workers == 0  # min_workers
+    # idle rollouts with nothing waiting and no gate in the way are not spare capacity
+    now[0] += 11
+    assert b.on_step(obs(rollout=0.4, backlog=0, latency=0.1, workers=2)).add_workers == 0
 
 
 def test_a_backlog_that_is_already_draining_is_not_cut_further():
