@@ -144,10 +144,11 @@ class Driver:
                 continue  # its worker failed while handling an earlier result: already requeued
             pending, group = self.fleet.take(ref)
             if isinstance(group, Exception):
-                tickets = [pending.ticket]
                 if pending.worker in self.fleet.actors:
-                    tickets += self.fleet.fail(pending.worker, f"run_group(ticket {pending.ticket}) raised: {group}")
-                self.requeue(tickets)
+                    self.requeue(self.fleet.fail(pending.worker, f"run_group(ticket {pending.ticket}) raised: {group}",
+                                                 held=(pending.ticket,)))
+                else:
+                    self.requeue([pending.ticket])
                 continue
             group.info["ticket"] = pending.ticket
             self.metrics.record("rollout/latency", time.monotonic() - pending.submitted)

@@ -112,9 +112,11 @@ class RolloutFleet:
             self.retiring.discard(worker)
             self._kill(worker, graceful=True)
 
-    def fail(self, worker: int, reason: str) -> list[int]:
-        """Kill ``worker``, start a replacement, and return the tickets it held (to be requeued)."""
-        tickets = [p.ticket for ref, p in list(self.pending.items()) if p.worker == worker]
+    def fail(self, worker: int, reason: str, held: tuple[int, ...] = ()) -> list[int]:
+        """Kill ``worker``, start a replacement, and return the tickets it held (to be requeued): those
+        still pending plus ``held`` (a call of it already taken off the pending list, e.g. the one that
+        raised)."""
+        tickets = list(held) + [p.ticket for ref, p in list(self.pending.items()) if p.worker == worker]
         self.pending = {ref: p for ref, p in self.pending.items() if p.worker != worker}
         self.failures.append({"worker": worker, "reason": reason, "tickets": tickets, "time": time.time()})
         log.error("%s failed (%s); %d rollouts requeued", self.name(worker), reason, len(tickets))

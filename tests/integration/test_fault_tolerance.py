@@ -58,13 +58,21 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def actor_pid(role: str) -> tuple[str, int]:
-    """(name, pid) of a live actor of the running job whose name contains ``-role-``."""
+def actor_pid(role: str, exclude: tuple[str, ...] = ()) -> tuple[str, int]:
+    """(name, pid) of a live actor of the running job whose name contains ``-role-`` (not in ``exclude``)."""
     import ray
 
-    names = sorted(n for n in ray.util.list_named_actors() if f"-{role}-" in n)
-    name = names[-1] if role == "learner" else random.choice(names)
-    return name, ray.get(ray.get_actor(name).pid.remote(), timeout=60)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        names = sorted(n for n in ray.util.list_named_actors() if f"-{role}-" in n and n not in exclude)
+        if names:
+            name = names[-1] if role == "learner" else random.choice(names)
+            try:
+                return name, ray.get(ray.get_actor(name).pid.remote(), timeout=60)
+            except (ValueError, ray.exceptions.RayError):
+                pass  # it died or left between the listing and the call: pick again
+        time.sleep(0.1)
+    raise AssertionError(f"no live {role} actor to kill")
 
 
 def finished(thread: threading.Thread, result: dict, timeout: float) -> dict:
@@ -94,12 +102,12 @@ def test_killed_rollout_actors_are_replaced_and_their_prompts_requeued_once(ray_
     killed = []
     for _ in range(2):  # the second kill lands before the first replacement serves: no worker left for a while
         time.sleep(random.uniform(0.0, 0.5))
-        name, pid = actor_pid("rollout")
+        name, pid = actor_pid("rollout", exclude=tuple(killed))
         os.kill(pid, signal.SIGKILL)
         killed.append(name)
     summary = finished(thread, result, 900)
     failures = summary["rollout_failures"]
-    assert len(failures) == len(set(killed))
+    assert len(failures) == len(killed) == 2
     # every dead worker was replaced (a replacement may still be starting when the run ends)
     assert summary["rollout_workers"] + summary["rollout_workers_starting"] == 2
     # each rollout the dead workers held went back to the queue exactly once
