@@ -27,8 +27,8 @@ class StepMetrics:
         timeline_path.parent.mkdir(parents=True, exist_ok=True)
         self._timeline = open(timeline_path, "a", buffering=1)
 
-    def new_window(self) -> None:
-        self.window, self.window_start = {}, time.time()
+    def new_window(self, start: float | None = None) -> None:
+        self.window, self.window_start = {}, time.time() if start is None else start
 
     def record(self, key: str, *values: float) -> None:
         self.window.setdefault(key, []).extend(values)
@@ -62,15 +62,11 @@ class StepMetrics:
         metrics["rollout/idle_fraction"] = 1.0 - sum(busy) / (elapsed * max(len(busy), 1))
         metrics["learner/idle_fraction"] = self.learner.idle_fraction(since, now)
         self._write_timeline(rollout_busy, since, now)
-        self.new_window()
-        self.window_start = now
+        self.new_window(now)
         return metrics
 
     def _write_timeline(self, rollout_busy: dict, since: float, now: float) -> None:
-        learner = [(max(a, since), min(b, now)) for a, b in self.learner.intervals if b > since]
-        if self.learner.open_since is not None:
-            learner.append((max(self.learner.open_since, since), now))
-        rows = [("learner", "busy", span) for span in learner]
+        rows = [("learner", "busy", span) for span in self.learner.spans(since, now)]
         rows += [(actor, "busy", span) for actor, spans in rollout_busy.items() for span in spans]
         rows += [("weights", "sync", span) for span in self._syncs]
         self._syncs = []

@@ -1,29 +1,32 @@
-"""Throughput balancing between generation and training (policy only; the driver applies it).
+"""Throughput balancing between generation and training (policy only; the driver
+applies it).
 
 Asynchronous RL is a producer/consumer pipeline joined by a bounded buffer. If
 generation is slower, the learner waits for batches; if it is faster, rollouts
 run ahead until the staleness gate stops them and then sit idle, and what they
-made is older (more off-policy) than it needed to be. The ideal steady state
-is that the next batch completes just as the learner finishes the current one.
+made is older (more off-policy) than it needed to be. The ideal steady state is
+that the next batch completes just as the learner finishes the current one.
 
 The knob is the in-flight limit (groups generating at once, never above what
 the gate allows). By Little's law, completing groups at the learner's rate
-lambda = B / (seconds per train step) takes lambda * W groups in flight, W being
-the time one group takes at the current load. The limit is set to
+lambda = B / (seconds per train step) takes lambda * W groups in flight, W
+being the time one group takes at the current load. The limit is set to
 ``ceil(lambda * W * gain * level)`` each step, where ``level`` answers the
 buffer at once (above 1 while fewer than half a batch waits, below 1 above
 that) and ``gain`` slowly corrects the estimate from two signals: the learner
-waited for data (raise it), or a whole batch was already waiting behind the
-one being trained and the backlog is not shrinking (lower it). Feeding forward from the measured rates matters: the buffer ahead holds up
-to max_staleness batches, so idle time alone reacts several steps late and a
-pure feedback loop overshoots.
+waited for data (raise it), or a whole batch was already waiting behind the one
+being trained and the backlog is not shrinking (lower it). Feeding forward from
+the measured rates matters: the buffer ahead holds up to max_staleness batches,
+so idle time alone reacts several steps late and a pure feedback loop
+overshoots.
 
 The worker count moves within the resource budget (min/max workers): one more
 when the learner starves and the limit cannot help (at its maximum, or not what
 holds generation back); one fewer when rollouts idle with the learner fed while
-generation is ahead (a whole batch waits, or the staleness gate stops it). Decisions are a pure function of the observations, and
-time comes from an injected clock, so the same object runs in the driver and in
-the discrete-event simulation (``bench/simulate.py``).
+generation is ahead (a whole batch waits, or the staleness gate stops it).
+Decisions are a pure function of the observations, and time comes from an
+injected clock, so the same object runs in the driver and in the discrete-event
+simulation (``bench/simulate.py``).
 """
 
 from __future__ import annotations

@@ -41,12 +41,16 @@ class BusyTracker:
             self.intervals.append((self._since, self._clock()))
             self._since = None
 
-    def busy_seconds(self, since: float | None = None, until: float | None = None) -> float:
-        """Busy time inside [since, until] (defaults: creation, now), open work included."""
+    def spans(self, since: float | None = None, until: float | None = None) -> list[tuple[float, float]]:
+        """Busy intervals clipped to [since, until] (defaults: creation, now), the open one included."""
         lo = self.created if since is None else since
         hi = self._clock() if until is None else until
         spans = self.intervals + ([(self._since, hi)] if self._since is not None else [])
-        return sum(max(0.0, min(b, hi) - max(a, lo)) for a, b in spans)
+        return [(max(a, lo), min(b, hi)) for a, b in spans if min(b, hi) > max(a, lo)]
+
+    def busy_seconds(self, since: float | None = None, until: float | None = None) -> float:
+        """Busy time inside [since, until] (defaults: creation, now), open work included."""
+        return sum(b - a for a, b in self.spans(since, until))
 
     def idle_fraction(self, since: float | None = None, until: float | None = None) -> float:
         """1 - busy / elapsed over the window; 0 for an empty window."""

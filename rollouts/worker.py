@@ -73,10 +73,8 @@ class RolloutWorker:
             return time.perf_counter() - start
 
     def timeline(self, since: float) -> list[tuple[float, float]]:
-        """Busy intervals overlapping [since, now], the open one clipped at now."""
-        now = time.time()
-        spans = list(self.busy.intervals) + ([(self.busy.open_since, now)] if self.busy.open_since is not None else [])
-        return [(max(a, since), min(b, now)) for a, b in spans if b > since]
+        """Busy intervals overlapping [since, now], clipped to it."""
+        return self.busy.spans(since)
 
     def stats(self) -> dict:
         """Engine busy intervals and counters for the driver's metrics."""

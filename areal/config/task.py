@@ -30,4 +30,5 @@ class TaskConfig:
         require(self.type in TASK_TYPES, "task.type", self.type, f"one of {', '.join(TASK_TYPES)}")
         require(self.type != "gsm8k" or bool(self.path), "task.path", self.path, "a JSONL file for task.type=gsm8k")
         require(self.eval_size >= 1, "task.eval_size", self.eval_size, "an int >= 1")
-        require(self.reward_timeout_s > 0, "task.reward_timeout_s", self.reward_timeout_s, "a positive number of seconds")
+        require(self.reward_timeout_s > 0, "task.reward_timeout_s", self.reward_timeout_s,
+                "a positive number of seconds")
