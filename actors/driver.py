@@ -76,7 +76,7 @@ class Driver:
         self.learner_restarts = 0
         self.learners = LearnerGroup(cfg, model_path, use_gpu, self.start_checkpoint, f"{self.tag}-g0")
         self.payload = self.learners.weights_payload()  # the learners' weights at self.version, for joiners
-        self.fleet.poll_starting(lambda: self.payload, self.version, block=True)
+        self.fleet.poll_starting(self.payload, self.version, block=True)
         if not self.fleet.serving():
             raise RuntimeError("no rollout worker started; see the errors above (rollout.start_timeout_s)")
         self.published = self.version
@@ -98,7 +98,7 @@ class Driver:
         while self.version < self.cfg.total_steps:
             if not self.training:
                 self.training = self.maybe_train()
-            self.fleet.poll_starting(lambda: self.payload, self.published)
+            self.fleet.poll_starting(self.payload, self.published)
             self.fleet.reap()
             self.submit()
             self.collect()
@@ -135,10 +135,10 @@ class Driver:
         """Hand finished groups to the controller. Asynchronous: whatever finishes within a second (or the
         train step, if sooner). Deterministic: every rollout in flight, in submission order."""
         if self.deterministic:
-            refs = self.fleet.ready(self.cfg.rollout.generate_timeout_s, all_pending=True)
+            refs = self.fleet.finished(self.cfg.rollout.generate_timeout_s)
         else:
             ray.wait(list(self.fleet.pending) + self.training[:1], num_returns=1, timeout=1.0)
-            refs = self.fleet.ready(0)
+            refs = self.fleet.finished()
         for ref in refs:
             if ref not in self.fleet.pending:
                 continue  # its worker failed while handling an earlier result: already requeued
@@ -311,7 +311,7 @@ class Driver:
     # -- evaluation and metrics -------------------------------------------------------------------
     def evaluate(self) -> tuple[float, list[str]]:
         """Greedy held-out accuracy and completions (in eval order), split across rollout workers."""
-        results = self.fleet.evaluate(list(self.task.eval), lambda: self.payload, self.published)
+        results = self.fleet.evaluate(list(self.task.eval), self.payload, self.published)
         return sum(score for score, _ in results) / len(results), [text for _, text in results]
 
     def emit(self, step: int, metrics: dict[str, float]) -> None:

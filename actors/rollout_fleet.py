@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
-
 import ray
 
 from actors.remote_calls import RemoteCallTimeout, wait_all
@@ -62,8 +60,8 @@ class RolloutFleet:
         self.starting[worker] = (actor.ready.remote(), time.monotonic())
         return worker
 
-    def poll_starting(self, payload: Callable[[], ray.ObjectRef], version: int, block: bool = False) -> list[int]:
-        """Workers whose engine came up join the pool (after loading ``version``'s weights when > 0).
+    def poll_starting(self, payload: ray.ObjectRef, version: int, block: bool = False) -> list[int]:
+        """Workers whose engine came up join the pool (after loading ``payload``, ``version``, when > 0).
         ``block``: wait until every starting worker is up. Returns the workers that joined."""
         joined = []
         while self.starting:
@@ -76,7 +74,7 @@ class RolloutFleet:
                 try:
                     ray.get(ref)
                     if version > 0:
-                        wait_all([self.actors[worker].load_weights.remote(payload(), version)],
+                        wait_all([self.actors[worker].load_weights.remote(payload, version)],
                                  self.cfg.rollout.weight_sync_timeout_s, f"load_weights(version {version})",
                                  "rollout.weight_sync_timeout_s", [self.name(worker)])
                 except (ray.exceptions.RayError, RemoteCallTimeout) as exc:
@@ -155,16 +153,13 @@ class RolloutFleet:
         self.pending[ref] = Pending(rollout.ticket, worker, time.monotonic())
         return True
 
-    def ready(self, timeout: float, all_pending: bool = False) -> list[ray.ObjectRef]:
-        """Finished rollout calls (``all_pending``: wait for every one, in submission order)."""
+    def finished(self, timeout: float = 0.0) -> list[ray.ObjectRef]:
+        """Rollout calls finished within ``timeout`` (0: those done now), in submission order."""
         refs = list(self.pending)
         if not refs:
             return []
-        ready, _ = ray.wait(refs, num_returns=len(refs) if all_pending else 1, timeout=timeout)
-        if all_pending:
-            return [r for r in refs if r in set(ready)]
-        more, _ = ray.wait(refs, num_returns=len(refs), timeout=0)  # everything else already done
-        return list(dict.fromkeys(ready + more))
+        done = set(ray.wait(refs, num_returns=len(refs), timeout=timeout)[0])
+        return [r for r in refs if r in done]
 
     def take(self, ref: ray.ObjectRef):
         """(pending record, group) of a finished call; the group is an exception if the call failed."""
@@ -212,7 +207,7 @@ class RolloutFleet:
                 requeue += self.fail(worker, f"load_weights(version {version}) raised: {exc}")
         return seconds, requeue
 
-    def evaluate(self, samples: list[TaskSample], payload: Callable[[], ray.ObjectRef], version: int) -> list:
+    def evaluate(self, samples: list[TaskSample], payload: ray.ObjectRef, version: int) -> list:
         """Per-sample results of ``evaluate`` split across serving workers; retried on replacements if a
         worker fails (rollout.max_restarts bounds it)."""
         while True:
