@@ -15,7 +15,9 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+import numpy as np
 
 import ray
 
@@ -24,7 +26,6 @@ from actors.remote_calls import RemoteCallTimeout, wait_all
 from actors.rollout_fleet import RolloutFleet
 from actors.step_metrics import StepMetrics
 from areal.balancer import StepObservation, ThroughputBalancer
-from areal.batching import build_train_batch
 from areal.config import TrainConfig
 from areal.controller import ACCEPTED, RolloutController
 from areal.staleness import StalenessGate
@@ -39,13 +40,26 @@ class MetricsSink(Protocol):
     def close(self) -> None: ...
 
 
+class Batcher(Protocol):
+    """Turns accepted groups into a learner batch (``areal.batching``); its state is part of the run's."""
+
+    action_unit: str
+
+    def build(self, groups: list) -> Any: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
 class Driver:
     """Runs one asynchronous RL job on an already initialised Ray."""
 
-    def __init__(self, cfg: TrainConfig, model_path: str, task: Task, pad_id: int, sinks: list[MetricsSink],
+    def __init__(self, cfg: TrainConfig, model_path: str, task: Task, batcher: Batcher, sinks: list[MetricsSink],
                  use_gpu: bool = False, resume: tuple[Path, dict] | None = None):
-        """``resume``: (checkpoint directory, its verified manifest) to continue from."""
-        self.cfg, self.task, self.pad_id, self.sinks = cfg, task, pad_id, sinks
+        """``batcher``: builds learner batches (tokens or denoising chains); ``resume``: (checkpoint directory,
+        its verified manifest) to continue from."""
+        self.cfg, self.task, self.batcher, self.sinks = cfg, task, batcher, sinks
+        # held-out score: greedy accuracy of text, reward of fixed-seed images
+        self.eval_key = "eval/reward" if cfg.is_diffusion else "eval/accuracy"
         self.model_path, self.use_gpu = model_path, use_gpu
         self.out_dir = Path(cfg.out_dir)
         self.deterministic = cfg.controller.deterministic
@@ -83,16 +97,16 @@ class Driver:
         self.training: list[ray.ObjectRef] = []
         self.training_started = 0.0
         self.trained_tickets: list[int] = []
-        self.metrics = StepMetrics(self.out_dir / "timeline.jsonl")
+        self.metrics = StepMetrics(self.out_dir / "timeline.jsonl", batcher.action_unit)
         self.history: list[dict[str, float]] = []
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> dict:
         """Train until the learners hold version ``total_steps``; returns the run summary."""
         start = time.time()
-        initial, initial_texts = self.evaluate()
-        self.emit(self.version, {"eval/accuracy": initial})
-        log.info("step %d: held-out accuracy %.3f", self.version, initial)
+        initial, initial_outputs = self.evaluate()
+        self.emit(self.version, {self.eval_key: initial})
+        log.info("step %d: held-out %s %.3f", self.version, self.eval_key, initial)
         loop_started = time.time()
         self.metrics.new_window()
         while self.version < self.cfg.total_steps:
@@ -109,17 +123,17 @@ class Driver:
             if self.training and self.training_done():
                 self.finish_step()
         loop_seconds = time.time() - loop_started
-        final, final_texts = self.evaluate()
-        self.emit(self.version, {"eval/accuracy": final})
+        final, final_outputs = self.evaluate()
+        self.emit(self.version, {self.eval_key: final})
         checkpoint = self.save_checkpoint()
         stale = [h["staleness/max"] for h in self.history if "staleness/max" in h]
         return {
-            "initial_accuracy": initial, "final_accuracy": final, "steps": self.version,
+            "eval_metric": self.eval_key, "initial_eval": initial, "final_eval": final, "steps": self.version,
             "seconds": time.time() - start, "train_loop_seconds": loop_seconds, "checkpoint": checkpoint,
             "outcomes": dict(self.controller.outcomes), "ledger": self.controller.ledger(),
             "rollout_engine_versions": self.fleet.engine_versions(),
-            # weights reached the engines: greedy held-out completions that differ from the start
-            "eval_completions_changed": sum(a != b for a, b in zip(initial_texts, final_texts)),
+            # weights reached the engines: held-out outputs (greedy texts, fixed-seed images) that changed
+            "eval_outputs_changed": sum(not np.array_equal(a, b) for a, b in zip(initial_outputs, final_outputs)),
             "max_trained_staleness": max(stale, default=0.0),
             "duplicate_trained_tickets": len(self.trained_tickets) - len(set(self.trained_tickets)),
             "rollout_failures": self.fleet.failures, "learner_restarts": self.learner_restarts,
@@ -153,7 +167,8 @@ class Driver:
             group.info["ticket"] = pending.ticket
             self.metrics.record("rollout/latency", time.monotonic() - pending.submitted)
             outcome = self.controller.on_group(pending.ticket, group)
-            self.metrics.record("rollout/generated_tokens", group.num_output_tokens)
+            self.metrics.record("rollout/generated", group.num_actions)
+            self.metrics.record("rollout/samples", len(group.trajectories))
             self.metrics.record(f"rollout/{outcome}", 1)
             failures = sum(group.info.get("reward_failures", {}).values())
             if failures:
@@ -174,11 +189,11 @@ class Driver:
         groups = self.controller.take_batch()
         if groups is None:
             return []
-        batch = build_train_batch(groups, self.cfg.algo.advantage, self.pad_id)
+        batch = self.batcher.build(groups)
         for group in groups:
             self.metrics.record("staleness/trained", *[self.version - group.submit_version] * len(group.trajectories))
             self.trained_tickets.append(group.info.get("ticket", -1))
-        self.metrics.record("learner/consumed_tokens", batch.num_tokens)
+        self.metrics.record("learner/consumed", batch.num_actions)
         self.metrics.learner.start()
         self.training_started = time.monotonic()
         return self.learners.train_step_async(batch)
@@ -217,7 +232,7 @@ class Driver:
         if self.balancer is not None:
             metrics.update(self.balance(metrics, train_seconds))
         if self.cfg.eval_every and self.version % self.cfg.eval_every == 0 and self.version < self.cfg.total_steps:
-            metrics["eval/accuracy"] = self.evaluate()[0]
+            metrics[self.eval_key] = self.evaluate()[0]
         self.emit(self.version, metrics)
 
     def publish(self, stats: dict[str, float]) -> None:
@@ -285,11 +300,12 @@ class Driver:
         self.publish({})
 
     def run_state(self) -> dict:
-        return {"controller": self.controller.state_dict(),
+        return {"controller": self.controller.state_dict(), "batcher": self.batcher.state_dict(),
                 "balancer": self.balancer.state_dict() if self.balancer else None}
 
     def load_run_state(self, state: dict, version: int) -> None:
         self.controller.load_state_dict(state["controller"], version)
+        self.batcher.load_state_dict(state.get("batcher") or {})
         if self.balancer is not None and state.get("balancer"):
             self.balancer.load_state_dict(state["balancer"])
             self.controller.in_flight_limit = self.balancer.limit
@@ -309,10 +325,16 @@ class Driver:
         return path
 
     # -- evaluation and metrics -------------------------------------------------------------------
-    def evaluate(self) -> tuple[float, list[str]]:
-        """Greedy held-out accuracy and completions (in eval order), split across rollout workers."""
+    def evaluate(self) -> tuple[float, list]:
+        """Mean held-out score and the outputs (in eval order), split across rollout workers; images are also
+        saved as a grid, RUN_DIR/samples/step-N.png."""
         results = self.fleet.evaluate(list(self.task.eval), self.payload, self.published)
-        return sum(score for score, _ in results) / len(results), [text for _, text in results]
+        outputs = [output for _, output in results]
+        if outputs and isinstance(outputs[0], np.ndarray):
+            from rollouts.image_grid import save_grid
+
+            save_grid(outputs, self.out_dir / "samples" / f"step-{self.published:06d}.png")
+        return sum(score for score, _ in results) / len(results), outputs
 
     def emit(self, step: int, metrics: dict[str, float]) -> None:
         self.history.append({"step": step, **metrics})

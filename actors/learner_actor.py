@@ -1,4 +1,4 @@
-"""Ray actor around one LMLearner rank; the group of ranks is driven by ``LearnerGroup``."""
+"""Ray actor around one learner rank (LM or DDPO); the group of ranks is driven by ``LearnerGroup``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import ray
 
 from actors.process_env import worker_env
 from areal.config import TrainConfig
-from areal.types import TrainBatch
+from areal.types import ChainBatch, TrainBatch
 
 
 def learner_env(cfg: TrainConfig, use_gpu: bool) -> dict[str, str]:
@@ -31,14 +31,13 @@ class LearnerActor:
         import torch
 
         from learners.deepspeed_setup import Rendezvous
-        from learners.lm_learner import LMLearner
+        from learners.factory import make_learner
 
         torch.set_num_threads(max(1, int(cfg.learner.num_cpus)))
         if cfg.controller.deterministic:
             torch.use_deterministic_algorithms(True)
         rdv = Rendezvous(rank, cfg.learner.workers, master_addr, master_port)
-        self.learner = LMLearner(model_path, cfg.learner, cfg.algo, cfg.rollout.temperature, rdv, cfg.seed,
-                                 total_updates=cfg.total_steps * cfg.learner.minibatches)
+        self.learner = make_learner(cfg, model_path, rdv)
         if checkpoint:
             self.learner.load_training_state(checkpoint)
 
@@ -48,7 +47,7 @@ class LearnerActor:
     def node_ip(self) -> str:
         return ray.util.get_node_ip_address()
 
-    def train_step(self, batch: TrainBatch) -> dict[str, float]:
+    def train_step(self, batch: TrainBatch | ChainBatch) -> dict[str, float]:
         return self.learner.train_step(batch)
 
     @ray.method(num_returns=2)

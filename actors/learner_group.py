@@ -11,7 +11,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from actors.learner_actor import LearnerActor, learner_env
 from actors.remote_calls import wait_all
 from areal.config import TrainConfig
-from areal.types import TrainBatch
+from areal.types import ChainBatch, TrainBatch
 
 
 @ray.remote(num_cpus=0)
@@ -52,23 +52,23 @@ class LearnerGroup:
         wait_all([a.ready.remote() for a in self.actors], cfg.learner.start_timeout_s, "learner start",
                  "learner.start_timeout_s", self.names)
 
-    def train_step_async(self, batch: TrainBatch) -> list[ray.ObjectRef]:
+    def train_step_async(self, batch: TrainBatch | ChainBatch) -> list[ray.ObjectRef]:
         """Start one step on every rank with its slice of ``batch``; returns the pending stats."""
         parts = batch.split(len(self.actors))
         if len(parts) < len(self.actors):
             raise ValueError(
-                f"batch of {batch.input_ids.shape[0]} rows cannot feed {len(self.actors)} learner ranks; "
+                f"batch of {len(batch)} rows cannot feed {len(self.actors)} learner ranks; "
                 "raise batch_size or rollout.samples_per_prompt, or lower learner.workers"
             )
         return [actor.train_step.remote(part) for actor, part in zip(self.actors, parts)]
 
     @staticmethod
     def merge_stats(per_rank: list[dict[str, float]]) -> dict[str, float]:
-        """Mean over ranks, except token counts, which add up."""
+        """Mean over ranks, except counts of tokens or denoising steps, which add up."""
         merged = {}
         for key in per_rank[0]:
             values = [s[key] for s in per_rank]
-            merged[key] = sum(values) if key.endswith("tokens") else sum(values) / len(values)
+            merged[key] = sum(values) if key.endswith(("tokens", "steps")) else sum(values) / len(values)
         return merged
 
     def weights_payload(self) -> ray.ObjectRef:

@@ -1,9 +1,10 @@
-"""Ray actor around one RolloutWorker (an inference engine plus its episodes)."""
+"""Ray actor around one RolloutWorker (an inference backend plus its episodes: text or diffusion)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any
 
 import ray
 
@@ -27,28 +28,15 @@ class RolloutActor:
     """Async actor: many ``run_group`` calls overlap on one engine; weight updates interleave."""
 
     def __init__(self, cfg: TrainConfig, model_path: str, rank: int):
-        from transformers import AutoTokenizer
+        import torch
 
-        from rollouts.engines import make_engine
-        from rollouts.engines.base import SamplingConfig
-        from rollouts.tasks.factory import make_task
-        from rollouts.worker import RolloutWorker
-        from rollouts.workflow import SingleTurnWorkflow
+        from rollouts.factory import make_rollout_worker
 
         self.rank = rank
-        self.max_new_tokens = cfg.rollout.max_new_tokens
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        task = make_task(cfg.task)
-        sampling = SamplingConfig(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-                                  top_p=cfg.rollout.top_p)
-        tail = cfg.rollout.length_tail_median
-        workflow = SingleTurnWorkflow(task, tokenizer, sampling, cfg.rollout.samples_per_prompt,
-                                      cfg.task.reward_timeout_s,
-                                      length_tail=(tail, cfg.rollout.length_tail_sigma) if tail else None)
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         weights_root = tempfile.mkdtemp(prefix=f"areal-rollout{rank}-", dir=shm)
-        engine = make_engine(cfg.engine, model_path, seed_offset=rank)
-        self.worker = RolloutWorker(engine, workflow, task, weights_root)
+        device = "cuda" if torch.cuda.is_available() and cfg.rollout.num_gpus else "cpu"
+        self.worker = make_rollout_worker(cfg, model_path, rank, weights_root, device)
 
     async def ready(self) -> int:
         return self.rank
@@ -56,8 +44,8 @@ class RolloutActor:
     async def run_group(self, sample: TaskSample, submit_version: int, seed: int) -> TrajectoryGroup:
         return await self.worker.run_group(sample, submit_version, seed)
 
-    async def evaluate(self, samples: list[TaskSample]) -> list[tuple[float, str]]:
-        return await self.worker.evaluate(samples, self.max_new_tokens)
+    async def evaluate(self, samples: list[TaskSample]) -> list[tuple[float, Any]]:
+        return await self.worker.evaluate(samples)
 
     async def load_weights(self, files: dict[str, bytes], version: int) -> float:
         return await self.worker.load_weights(files, version)

@@ -19,7 +19,8 @@ from areal.timeline import BusyTracker
 class StepMetrics:
     """The current step's observations, and the timeline file."""
 
-    def __init__(self, timeline_path: Path):
+    def __init__(self, timeline_path: Path, action_unit: str = "tokens"):
+        self.unit = action_unit  # what rollouts generate and learners consume: tokens or denoising steps
         self.learner = BusyTracker()  # busy while a train step runs
         self.window: dict[str, list[float]] = {}
         self.window_start = time.time()
@@ -47,8 +48,9 @@ class StepMetrics:
         metrics["rollout/reward_mean"] = sum(rewards) / max(len(rewards), 1)
         for key in ("accepted", "stale", "filtered", "reward_failures"):
             metrics[f"rollout/{key}"] = float(sum(w.get(f"rollout/{key}", [])))
-        metrics["rollout/tokens_per_s"] = sum(w.get("rollout/generated_tokens", [])) / elapsed
-        metrics["learner/tokens_per_s"] = sum(w.get("learner/consumed_tokens", [])) / elapsed
+        metrics[f"rollout/{self.unit}_per_s"] = sum(w.get("rollout/generated", [])) / elapsed
+        metrics[f"learner/{self.unit}_per_s"] = sum(w.get("learner/consumed", [])) / elapsed
+        metrics["rollout/samples_per_s"] = sum(w.get("rollout/samples", [])) / elapsed
         latency = w.get("rollout/latency", [])
         if latency:
             metrics["rollout/latency_mean"] = sum(latency) / len(latency)

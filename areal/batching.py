@@ -1,4 +1,4 @@
-"""Turn trajectory groups into the padded tensors a learner trains on."""
+"""Turn trajectory groups into the tensors a learner trains on (tokens for text, chains for diffusion)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Sequence
 import torch
 
 from areal.algos.advantages import make_advantage_estimator
-from areal.types import TrainBatch, TrajectoryGroup
+from areal.algos.ddpo import PerPromptStatTracker
+from areal.types import ChainBatch, ChainTrajectory, TrainBatch, TrajectoryGroup
 
 
 def build_train_batch(groups: Sequence[TrajectoryGroup], advantage: str, pad_id: int) -> TrainBatch:
@@ -39,3 +40,69 @@ def build_train_batch(groups: Sequence[TrajectoryGroup], advantage: str, pad_id:
     rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
     advantages = make_advantage_estimator(advantage)(rewards, loss_mask)
     return TrainBatch(input_ids, attention, loss_mask, behavior, advantages, versions)
+
+
+class TokenBatcher:
+    """Text policies: groups -> ``TrainBatch`` with the configured group advantage (stateless)."""
+
+    action_unit = "tokens"
+
+    def __init__(self, advantage: str, pad_id: int):
+        self.advantage, self.pad_id = advantage, pad_id
+
+    def build(self, groups: Sequence[TrajectoryGroup]) -> TrainBatch:
+        return build_train_batch(groups, self.advantage, self.pad_id)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class ChainBatcher:
+    """Diffusion policies: groups of denoising chains -> ``ChainBatch`` with DDPO advantages.
+
+    Advantages are per-prompt normalised rewards (``PerPromptStatTracker``, Black et al. §5):
+    the tracker remembers rewards across batches, so it is part of the run state (checkpointed).
+    Without it, each group is normalised on its own n samples (GRPO-style).
+    """
+
+    action_unit = "denoising_steps"
+
+    def __init__(self, tracker: PerPromptStatTracker | None):
+        self.tracker = tracker
+
+    def build(self, groups: Sequence[TrajectoryGroup]) -> ChainBatch:
+        if not groups:
+            raise ValueError("ChainBatcher.build: no groups to train on")
+        chains = [t for g in groups for t in g.trajectories]
+        if any(not isinstance(t, ChainTrajectory) for t in chains):
+            raise TypeError("ChainBatcher.build: groups must hold ChainTrajectory samples (diffusion rollouts)")
+        steps = {len(c.timesteps) for c in chains}
+        if len(steps) != 1:
+            raise ValueError(f"ChainBatcher.build: chains of different lengths {sorted(steps)} in one batch "
+                             "(diffusion.num_steps changed mid-run?)")
+        prompts = tuple(c.prompt for c in chains)
+        rewards = torch.tensor([c.reward for c in chains], dtype=torch.float64)
+        if self.tracker is not None:
+            advantages = self.tracker.update(prompts, rewards)
+        else:
+            per_group = rewards.reshape(len(groups), -1)
+            advantages = ((per_group - per_group.mean(1, keepdim=True)) /
+                          (per_group.std(1, unbiased=False, keepdim=True) + 1e-6)).reshape(-1)
+        return ChainBatch(
+            latents=torch.stack([c.latents for c in chains]),
+            timesteps=torch.tensor([c.timesteps for c in chains], dtype=torch.long),
+            behavior_logprobs=torch.tensor([c.logprobs for c in chains], dtype=torch.float32),
+            versions=torch.tensor([c.versions for c in chains], dtype=torch.long),
+            advantages=advantages.float(),
+            prompts=prompts,
+        )
+
+    def state_dict(self) -> dict:
+        return {"tracker": self.tracker.state_dict() if self.tracker is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.tracker is not None and state.get("tracker") is not None:
+            self.tracker.load_state_dict(state["tracker"])

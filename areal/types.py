@@ -1,13 +1,17 @@
 """What flows between rollout workers, the controller and learners.
 
-Every generated token carries the policy version that produced it: with
-interruptible generation one completion can span several versions.
+Every action (a generated token, a denoising step) carries the policy version
+that produced it: weights change under in-flight rollouts, so one sample can
+span several versions.
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
+from typing import Union
 
+import numpy as np
 import torch
 
 
@@ -31,13 +35,49 @@ class Trajectory:
                 f"{n}, {len(self.logprobs)}, {len(self.versions)}"
             )
 
+    @property
+    def num_actions(self) -> int:
+        return len(self.output_ids)
+
+
+@dataclass(frozen=True)
+class ChainTrajectory:
+    """One sampled denoising chain, DDPO's trajectory (ALGORITHMS.md §4).
+
+    ``latents`` [S + 1, C, H, W] holds x_T ... x_0; step k goes from ``latents[k]`` at
+    ``timesteps[k]`` to ``latents[k + 1]`` with behaviour log-probability ``logprobs[k]``
+    under policy version ``versions[k]``. The reward was computed on the decoded x_0.
+    """
+
+    prompt: str
+    latents: torch.Tensor
+    timesteps: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    versions: tuple[int, ...]
+    reward: float
+
+    def __post_init__(self):
+        steps = len(self.timesteps)
+        if len(self.logprobs) != steps or len(self.versions) != steps or self.latents.shape[0] != steps + 1:
+            raise ValueError(
+                f"ChainTrajectory: need S timesteps, logprobs and versions and S + 1 latents, got {steps}, "
+                f"{len(self.logprobs)}, {len(self.versions)} and {self.latents.shape[0]}"
+            )
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.timesteps)
+
+
+AnyTrajectory = Union[Trajectory, ChainTrajectory]
+
 
 @dataclass(frozen=True)
 class TrajectoryGroup:
     """The n samples of one prompt, as the staleness gate counts them (one unit)."""
 
     prompt_id: str
-    trajectories: tuple[Trajectory, ...]
+    trajectories: tuple[AnyTrajectory, ...]
     submit_version: int  # policy version when the group was submitted: its staleness start
     info: dict = field(default_factory=dict, compare=False)
 
@@ -46,8 +86,9 @@ class TrajectoryGroup:
         return [t.reward for t in self.trajectories]
 
     @property
-    def num_output_tokens(self) -> int:
-        return sum(len(t.output_ids) for t in self.trajectories)
+    def num_actions(self) -> int:
+        """Tokens generated, or denoising steps taken, by the whole group."""
+        return sum(t.num_actions for t in self.trajectories)
 
 
 @dataclass(frozen=True)
@@ -75,8 +116,12 @@ class TrainBatch:
                     f"TrainBatch: {name} has shape {tuple(getattr(self, name).shape)}, input_ids has {tuple(shape)}"
                 )
 
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
     @property
-    def num_tokens(self) -> int:
+    def num_actions(self) -> int:
+        """Generated tokens the batch trains on."""
         return int(self.loss_mask.sum())
 
     def select(self, rows: torch.Tensor) -> "TrainBatch":
@@ -92,19 +137,87 @@ class TrainBatch:
 _FIELDS = ("input_ids", "attention_mask", "loss_mask", "behavior_logprobs", "advantages", "versions")
 
 
+@dataclass(frozen=True)
+class ChainBatch:
+    """Denoising chains a DDPO learner trains on; rows are chains (ALGORITHMS.md §4).
+
+    Shapes: ``latents`` [N, S + 1, C, H, W]; ``timesteps``, ``behavior_logprobs`` and
+    ``versions`` [N, S]; ``advantages`` [N] (one per chain: the reward is the final image's);
+    ``prompts`` one per row (the learner conditions on them as the sampler did).
+    """
+
+    latents: torch.Tensor
+    timesteps: torch.Tensor
+    behavior_logprobs: torch.Tensor
+    versions: torch.Tensor
+    advantages: torch.Tensor
+    prompts: tuple[str, ...]
+
+    def __post_init__(self):
+        n, s = self.timesteps.shape
+        for name in ("behavior_logprobs", "versions"):
+            if getattr(self, name).shape != (n, s):
+                raise ValueError(f"ChainBatch: {name} has shape {tuple(getattr(self, name).shape)}, timesteps "
+                                 f"has {(n, s)}")
+        if self.latents.shape[:2] != (n, s + 1) or self.advantages.shape != (n,) or len(self.prompts) != n:
+            raise ValueError(f"ChainBatch: {n} chains of {s} steps need latents [{n}, {s + 1}, ...], advantages "
+                             f"[{n}] and {n} prompts; got {tuple(self.latents.shape)}, "
+                             f"{tuple(self.advantages.shape)}, {len(self.prompts)}")
+
+    def __len__(self) -> int:
+        return self.timesteps.shape[0]
+
+    @property
+    def num_actions(self) -> int:
+        """Denoising steps the batch trains on."""
+        return self.timesteps.numel()
+
+    def select(self, rows: torch.Tensor) -> "ChainBatch":
+        return ChainBatch(self.latents[rows], self.timesteps[rows], self.behavior_logprobs[rows], self.versions[rows],
+                          self.advantages[rows], tuple(self.prompts[int(i)] for i in rows))
+
+    def split(self, parts: int) -> list["ChainBatch"]:
+        """Row-wise split into ``parts`` near-equal batches (data-parallel ranks, minibatches)."""
+        rows = torch.arange(len(self))
+        return [self.select(chunk) for chunk in torch.tensor_split(rows, parts) if len(chunk) > 0]
+
+
+def _tensor_to_dict(t: torch.Tensor) -> dict:
+    array = t.detach().cpu().numpy()
+    return {"dtype": str(array.dtype), "shape": list(array.shape), "data": base64.b64encode(array.tobytes()).decode()}
+
+
+def _tensor_from_dict(d: dict) -> torch.Tensor:
+    array = np.frombuffer(base64.b64decode(d["data"]), dtype=d["dtype"]).reshape(d["shape"])
+    return torch.from_numpy(array.copy())
+
+
+def _trajectory_to_dict(t: AnyTrajectory) -> dict:
+    if isinstance(t, ChainTrajectory):
+        return {"kind": "chain", "prompt": t.prompt, "latents": _tensor_to_dict(t.latents),
+                "timesteps": list(t.timesteps), "logprobs": list(t.logprobs), "versions": list(t.versions),
+                "reward": t.reward}
+    return {"kind": "text", "prompt_ids": list(t.prompt_ids), "output_ids": list(t.output_ids),
+            "logprobs": list(t.logprobs), "versions": list(t.versions), "reward": t.reward, "text": t.text,
+            "finish_reason": t.finish_reason}
+
+
+def _trajectory_from_dict(t: dict) -> AnyTrajectory:
+    if t.get("kind") == "chain":
+        return ChainTrajectory(t["prompt"], _tensor_from_dict(t["latents"]), tuple(t["timesteps"]),
+                               tuple(t["logprobs"]), tuple(t["versions"]), t["reward"])
+    return Trajectory(tuple(t["prompt_ids"]), tuple(t["output_ids"]), tuple(t["logprobs"]), tuple(t["versions"]),
+                      t["reward"], t["text"], t["finish_reason"])
+
+
 def group_to_dict(group: TrajectoryGroup) -> dict:
-    """JSON-safe form of a group (floats survive JSON exactly: Python writes the shortest repr)."""
+    """JSON-safe form of a group: floats survive JSON exactly (Python writes the shortest repr) and
+    tensors travel as their raw bytes, so a checkpoint's buffer is restored bit for bit."""
     return {"prompt_id": group.prompt_id, "submit_version": group.submit_version, "info": group.info,
-            "trajectories": [{"prompt_ids": list(t.prompt_ids), "output_ids": list(t.output_ids),
-                              "logprobs": list(t.logprobs), "versions": list(t.versions), "reward": t.reward,
-                              "text": t.text, "finish_reason": t.finish_reason} for t in group.trajectories]}
+            "trajectories": [_trajectory_to_dict(t) for t in group.trajectories]}
 
 
 def group_from_dict(data: dict) -> TrajectoryGroup:
     """Inverse of ``group_to_dict``."""
-    trajectories = tuple(
-        Trajectory(tuple(t["prompt_ids"]), tuple(t["output_ids"]), tuple(t["logprobs"]), tuple(t["versions"]),
-                   t["reward"], t["text"], t["finish_reason"])
-        for t in data["trajectories"]
-    )
+    trajectories = tuple(_trajectory_from_dict(t) for t in data["trajectories"])
     return TrajectoryGroup(data["prompt_id"], trajectories, data["submit_version"], dict(data["info"]))

@@ -53,8 +53,8 @@ def run_one(model_path: str, eta: int, steps: int, out_dir: Path) -> dict:
         "engine_busy_fraction": sum(busy) / len(busy),
         "learner_idle_fraction": sum(r["learner/idle_fraction"] for r in trained) / len(trained),
         "staleness_mean": sum(r.get("staleness/mean", 0.0) for r in trained) / len(trained),
-        "initial_accuracy": summary["initial_accuracy"],
-        "final_accuracy": summary["final_accuracy"],
+        "initial_accuracy": summary["initial_eval"],
+        "final_accuracy": summary["final_eval"],
     }
 
 

@@ -106,7 +106,7 @@ def main() -> None:
     for name, run in runs.items():
         trained = run["summary"]["ledger"]["trained"]
         rows[name]["trained_groups_per_s"] = trained / run["summary"]["train_loop_seconds"]
-        rows[name]["accuracy"] = (run["summary"]["initial_accuracy"], run["summary"]["final_accuracy"])
+        rows[name]["accuracy"] = (run["summary"]["initial_eval"], run["summary"]["final_eval"])
     off, on = rows["balance_off"], rows["balance_on"]
     ratio = on["learner_tokens_per_s"] / off["learner_tokens_per_s"]
     plot(timelines, RESULTS / "balance.png")

@@ -49,7 +49,7 @@ def run_one(model_path: str, aggregator: str, attack: str | None, steps: int, ou
                 for r in rows if "learner/exchange_seconds" in r]
     return {
         "aggregator": aggregator, "attack": attack or "none",
-        "initial_accuracy": summary["initial_accuracy"], "final_accuracy": summary["final_accuracy"],
+        "initial_accuracy": summary["initial_eval"], "final_accuracy": summary["final_eval"],
         "accuracy_curve": [[r["step"], r["eval/accuracy"]] for r in rows if "eval/accuracy" in r],
         "exchange_seconds_mean": sum(exchange) / len(exchange),
         "step_seconds_mean": sum(r["learner/step_seconds"] for r in rows if "learner/exchange_seconds" in r)

@@ -11,6 +11,7 @@ TRAIN_HELP = """Run asynchronous RL locally on an embedded Ray (or on cluster.ad
 Arguments are Hydra overrides of the typed config (areal/config), for example:
   areal train experiment=arith_tiny rollout.workers=2 algo.max_staleness=4
   areal train experiment=arith_tiny algo.max_staleness=0      # synchronous baseline
+  areal train experiment=ddpo_tiny                             # diffusion: async DDPO, JPEG compressibility
 Outputs go to out_dir (metrics.jsonl, tensorboard/, wandb/, checkpoints/, summary.json).
 """
 
@@ -26,11 +27,9 @@ def cmd_train(args) -> int:
         return 2
     print(resolved)
     summary = train(cfg, resolved)
-    print(
-        f"\nheld-out accuracy: {summary['initial_accuracy']:.3f} -> {summary['final_accuracy']:.3f} "
-        f"({100 * (summary['final_accuracy'] - summary['initial_accuracy']):+.1f} points) after "
-        f"{summary['steps']} steps in {summary['seconds']:.0f}s; checkpoint: {summary['checkpoint']}"
-    )
+    first, last = summary["initial_eval"], summary["final_eval"]
+    print(f"\nheld-out {summary['eval_metric'].split('/')[-1]}: {first:.3f} -> {last:.3f} ({last - first:+.3f}) after "
+          f"{summary['steps']} steps in {summary['seconds']:.0f}s; checkpoint: {summary['checkpoint']}")
     return 0
 
 
@@ -44,7 +43,8 @@ def cmd_bootstrap(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="areal", description="Fully asynchronous RL for reasoning LLMs.")
+    parser = argparse.ArgumentParser(prog="areal",
+                                     description="Fully asynchronous RL for reasoning LLMs and diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="run an RL job", description=TRAIN_HELP,
                            formatter_class=argparse.RawDescriptionHelpFormatter)

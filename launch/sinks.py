@@ -10,7 +10,8 @@ from pathlib import Path
 
 from areal.config import TrainConfig
 
-HEADLINE = ("rollout/reward_mean", "eval/accuracy", "staleness/mean", "rollout/tokens_per_s", "learner/idle_fraction")
+HEADLINE = ("rollout/reward_mean", "eval/accuracy", "eval/reward", "staleness/mean", "rollout/tokens_per_s",
+            "rollout/samples_per_s", "learner/idle_fraction")
 
 
 class JsonlSink:

@@ -42,11 +42,17 @@ def init_ray(cfg: TrainConfig) -> bool:
 
 def resolve_model(cfg: TrainConfig) -> str:
     """``model_path``, or the cached tiny demo model (bootstrapped on first use)."""
+    marker = "model_index.json" if cfg.is_diffusion else "config.json"
     if cfg.model_path:
-        if not Path(cfg.model_path, "config.json").exists():
-            raise FileNotFoundError(f"model_path = {cfg.model_path!r} has no config.json; give a Hugging Face "
-                                    "model directory, or leave model_path empty for the tiny demo model")
+        if not Path(cfg.model_path, marker).exists():
+            kind = "diffusers pipeline" if cfg.is_diffusion else "Hugging Face model"
+            raise FileNotFoundError(f"model_path = {cfg.model_path!r} has no {marker}; give a {kind} directory, "
+                                    "or leave model_path empty for the tiny demo model")
         return cfg.model_path
+    if cfg.is_diffusion:
+        from launch.diffusion_bootstrap import bootstrap_diffusion, diffusion_model_dir
+
+        return str(bootstrap_diffusion(diffusion_model_dir(cfg.seed, 32), seed=cfg.seed))
     # the bootstrap trains on the task's own train split: same seed, so the held-out split stays unseen
     return str(demo_model(cfg.task.seed))
 
@@ -99,11 +105,25 @@ def find_resume_checkpoint(cfg: TrainConfig) -> tuple[Path, dict] | None:
     return found
 
 
+def make_batcher(cfg: TrainConfig, model_path: str):
+    """Token batches with the configured advantage for text; chain batches with DDPO's per-prompt
+    normalisation for diffusion."""
+    from areal.batching import ChainBatcher, TokenBatcher
+
+    if cfg.is_diffusion:
+        from areal.algos.ddpo import PerPromptStatTracker
+
+        d = cfg.diffusion
+        return ChainBatcher(PerPromptStatTracker(d.stat_buffer_size, d.stat_min_count) if d.per_prompt_stats else None)
+    from transformers import AutoTokenizer
+
+    return TokenBatcher(cfg.algo.advantage, AutoTokenizer.from_pretrained(model_path).pad_token_id or 0)
+
+
 def train(cfg: TrainConfig, resolved_yaml: str) -> dict:
     """Run one job to completion; returns its summary (also written to RUN_DIR/summary.json)."""
     import ray
     import torch
-    from transformers import AutoTokenizer
 
     from actors.driver import Driver
     from launch.sinks import make_sinks
@@ -113,14 +133,14 @@ def train(cfg: TrainConfig, resolved_yaml: str) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(resolved_yaml)
     model_path = resolve_model(cfg)
-    pad_id = AutoTokenizer.from_pretrained(model_path).pad_token_id or 0
-    task = make_task(cfg.task)
+    batcher = make_batcher(cfg, model_path)
+    task = make_task(cfg.task, model_path)
     resume = find_resume_checkpoint(cfg)
     started_ray = init_ray(cfg)
     driver = None
     sinks = make_sinks(cfg, out_dir)
     try:
-        driver = Driver(cfg, model_path, task, pad_id, sinks, use_gpu=torch.cuda.is_available(), resume=resume)
+        driver = Driver(cfg, model_path, task, batcher, sinks, use_gpu=torch.cuda.is_available(), resume=resume)
         summary = driver.run()
     finally:
         if driver is not None:

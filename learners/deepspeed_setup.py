@@ -43,12 +43,13 @@ def init_process_group(rdv: Rendezvous) -> None:
         deepspeed.init_distributed(dist_backend="nccl" if use_cuda() else "gloo")
 
 
-def deepspeed_config(cfg: LearnerConfig, world_size: int) -> dict:
-    """The DeepSpeed JSON config for one optimizer step per ``engine.step()``."""
+def deepspeed_config(cfg: LearnerConfig, world_size: int, grad_accumulation: int = 1) -> dict:
+    """The DeepSpeed JSON config: one optimizer step per ``grad_accumulation`` backward passes (each followed by
+    ``engine.step()``, which steps only at the accumulation boundary)."""
     config = {
         "train_micro_batch_size_per_gpu": 1,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": world_size,
+        "gradient_accumulation_steps": grad_accumulation,
+        "train_batch_size": world_size * grad_accumulation,
         "zero_optimization": {"stage": cfg.zero_stage},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -77,7 +78,8 @@ def lr_factor(cfg: LearnerConfig, total_updates: int):
     return factor
 
 
-def make_engine(model: torch.nn.Module, cfg: LearnerConfig, rdv: Rendezvous, total_updates: int = 1):
+def make_engine(model: torch.nn.Module, cfg: LearnerConfig, rdv: Rendezvous, total_updates: int = 1,
+                grad_accumulation: int = 1):
     """Wrap ``model`` in a DeepSpeed engine with a plain torch AdamW and the configured LR schedule.
 
     A torch optimizer avoids JIT-building DeepSpeed's fused CPU Adam (~70 s on CPU).
@@ -85,10 +87,12 @@ def make_engine(model: torch.nn.Module, cfg: LearnerConfig, rdv: Rendezvous, tot
     init_process_group(rdv)
     import deepspeed
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # frozen parameters (a LoRA base) get no optimizer state
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total_updates))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
-                                      config=deepspeed_config(cfg, rdv.world_size))
+                                      config=deepspeed_config(cfg, rdv.world_size, grad_accumulation))
     return engine
 
 

@@ -7,23 +7,19 @@ controller by the estimator the config names), and the loss is
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import random
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from areal.algos import decoupled_ppo_loss
 from areal.config import AlgoConfig, LearnerConfig
 from areal.types import TrainBatch
-from learners.checkpoint import CheckpointError, digests, read_state, write_state
-from learners.deepspeed_setup import Rendezvous, full_state_dict, make_engine, use_cuda
-from learners.grad_exchange import GradientExchange
+from learners.deepspeed_learner import DeepSpeedLearner, mean
+from learners.deepspeed_setup import Rendezvous, use_cuda
 
 log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
@@ -41,19 +37,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return torch.nn.functional.pad(logp, (1, 0))
 
 
-def _digest(state: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(state.items()):
-        digest.update(name.encode())
-        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / max(len(values), 1)
-
-
-class LMLearner:
+class LMLearner(DeepSpeedLearner):
     """PPO/GRPO learner for Hugging Face causal LMs (DESIGN.md "Learner")."""
 
     def __init__(
@@ -69,14 +53,11 @@ class LMLearner:
         from transformers import AutoModelForCausalLM
 
         torch.manual_seed(seed + rdv.rank)
-        self.cfg, self.algo, self.temperature, self.rdv = cfg, algo, temperature, rdv
+        self.algo, self.temperature = algo, temperature
         self.model_path = Path(model_path)
         dtype = torch.bfloat16 if use_cuda() and not cfg.gathers_gradients else torch.float32
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
-        self.engine = make_engine(model, cfg, rdv, total_updates)
-        self.exchange = GradientExchange(self.engine, cfg, rdv, seed)
-        self.device = self.engine.device
-        self.version = 0
+        super().__init__(model, cfg, rdv, seed, total_updates)
 
     # -- training ---------------------------------------------------------
     def _logprobs(self, batch: TrainBatch) -> torch.Tensor:
@@ -126,7 +107,7 @@ class LMLearner:
             if grad_norm is not None:
                 stats.setdefault("grad_norm", []).append(float(grad_norm))
         self.version += 1
-        out = {f"learner/{k}": _mean(v) for k, v in stats.items()}
+        out = {f"learner/{k}": mean(v) for k, v in stats.items()}
         out.update({
             "learner/behavior_proximal_kl": float(mismatch),
             "learner/tokens": float(mask.sum()),
@@ -135,89 +116,16 @@ class LMLearner:
         })
         return out
 
-    # -- checkpoints ------------------------------------------------------
-    def training_state(self) -> dict:
-        """Everything besides the weights that continuing this rank's training needs."""
-        return {
-            "optimizer": self.engine.optimizer.state_dict(),
-            "lr_scheduler": self.engine.lr_scheduler.state_dict(),
-            "engine_steps": [self.engine.global_steps, self.engine.global_samples, self.engine.micro_steps],
-            "exchange_steps": self.exchange.steps,
-            "version": self.version,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if use_cuda() else [],
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-            },
-        }
-
-    def write_checkpoint_shard(self, staging: str | Path) -> tuple[dict[str, str], str]:
-        """This rank's part of a checkpoint into ``staging``: ({relative path: sha256} of what it wrote,
-        the digest of its weights), so the caller can refuse to commit replicas that disagree.
-
-        Every rank must call it (ZeRO-3 gathers the weights collectively); rank 0 also writes the model.
-        """
-        staging = Path(staging)
-        files = write_state(staging / "learner", f"rank-{self.rdv.rank:03d}", self.training_state())
-        state = full_state_dict(self.engine, self.cfg.zero_stage)  # gathered once for the model and the digest
-        model_dir = self.save_hf(staging / "model", state)
-        if self.rdv.rank == 0:
-            files += sorted(p for p in model_dir.iterdir() if p.is_file())
-        return digests(staging, files), _digest(state)
-
-    def load_training_state(self, checkpoint: str | Path) -> None:
-        """Continue from a verified checkpoint whose ``model/`` this learner was built from."""
-        path = Path(checkpoint) / "learner"
-        name = f"rank-{self.rdv.rank:03d}"
-        if not (path / f"{name}.safetensors").exists():
-            raise CheckpointError(f"{checkpoint}: no state for learner rank {self.rdv.rank}; it was saved with "
-                                  "another learner.workers; resume with the same number of learners")
-        state = read_state(path, name)
-        self.engine.optimizer.load_state_dict(state["optimizer"])
-        self.engine.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self.engine.global_steps, self.engine.global_samples, self.engine.micro_steps = state["engine_steps"]
-        self.exchange.steps = state["exchange_steps"]
-        self.version = state["version"]
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and use_cuda():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-
-    def weights_digest(self) -> str:
-        """sha256 over every parameter's bytes: equal across ranks while replicas are identical."""
-        return _digest(full_state_dict(self.engine, self.cfg.zero_stage))
-
     # -- weights ----------------------------------------------------------
-    def save_hf(self, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
-        """Write the current weights (or ``state``, already gathered) as a Hugging Face model directory."""
-        path = Path(path)
-        if state is None:
-            state = full_state_dict(self.engine, self.cfg.zero_stage)  # collective under ZeRO-3: every rank calls
-        if self.rdv.rank != 0:
-            return path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # same directory as the target, so the final rename is atomic
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.saving-"))
-        self.engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+    def save_model(self, path: Path, state: dict[str, torch.Tensor]) -> None:
+        """A Hugging Face model directory (safetensors) with the tokenizer files of the starting model."""
+        self.engine.module.save_pretrained(path, state_dict=state, safe_serialization=True)
         for name in TOKENIZER_FILES:
             if (self.model_path / name).exists():
-                shutil.copy2(self.model_path / name, tmp / name)
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)  # readers never see a half-written checkpoint
-        return path
+                shutil.copy2(self.model_path / name, path / name)
 
-    def weights_payload(self) -> dict[str, bytes]:
-        """The model's safetensors and config files as bytes, for shipping to rollout workers.
-
-        Every rank must call it (ZeRO-3 gathers parameters collectively); ranks other than 0 return {}.
-        """
-        if self.rdv.rank != 0:
-            full_state_dict(self.engine, self.cfg.zero_stage)
-            return {}
+    def payload_files(self, state: dict[str, torch.Tensor]) -> dict[str, bytes]:
+        """The model's safetensors and config files, which vLLM loads in place."""
         with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as tmp:
-            saved = self.save_hf(Path(tmp) / "model")
-            return {p.name: p.read_bytes() for p in saved.iterdir() if p.suffix in (".safetensors", ".json")}
+            self.save_model(Path(tmp), state)
+            return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.suffix in (".safetensors", ".json")}

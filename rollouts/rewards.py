@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 
 @dataclass(frozen=True)
@@ -37,3 +38,12 @@ async def score_safely(fn: Callable[[], float], timeout_s: float) -> RewardOutco
     if not math.isfinite(value):
         return RewardOutcome(0.0, "nonfinite", f"reward returned {value}")
     return RewardOutcome(value)
+
+
+def failure_info(outcomes: Sequence[RewardOutcome]) -> dict:
+    """A group's reward-failure counts by status, plus one example message when any failed."""
+    failures = Counter(o.status for o in outcomes if o.status != "ok")
+    info: dict = {"reward_failures": dict(failures)}
+    if failures:
+        info["reward_failure_example"] = next(o.detail for o in outcomes if o.status != "ok")
+    return info

@@ -1,6 +1,7 @@
-"""A rollout worker: one engine running many episodes at once, plus evaluation and weight loading.
+"""A rollout worker: one inference backend running many episodes at once, plus evaluation and weight loading.
 
-Plain asyncio; ``actors/rollout_actor.py`` only decides which process it lives in.
+Plain asyncio; ``actors/rollout_actor.py`` only decides which process it lives in. The
+backend and workflow decide what an episode is (text completions, or denoising chains).
 """
 
 from __future__ import annotations
@@ -10,22 +11,35 @@ import shutil
 import time
 from pathlib import Path
 
+from typing import Any, Protocol
+
 from areal.timeline import BusyTracker
 from areal.types import TrajectoryGroup
-from rollouts.engines.base import Engine, SamplingConfig
+from rollouts.engines.base import PolicyBackend
 from rollouts.tasks.base import Task, TaskSample
-from rollouts.workflow import SingleTurnWorkflow
+
+
+class Workflow(Protocol):
+    """What one episode is (DESIGN.md "Workflow"); ``action_unit`` names what its samples count."""
+
+    action_unit: str
+
+    async def run(self, engine, sample: TaskSample, submit_version: int, seed: int | None = None) -> TrajectoryGroup:
+        ...
+
+    async def evaluate(self, engine, sample: TaskSample) -> tuple[float, Any]:
+        ...
 
 
 class RolloutWorker:
-    """Runs workflows on one engine and tracks when that engine had work."""
+    """Runs workflows on one backend and tracks when that backend had work."""
 
-    def __init__(self, engine: Engine, workflow: SingleTurnWorkflow, task: Task, weights_root: str | Path):
+    def __init__(self, engine: PolicyBackend, workflow: Workflow, task: Task, weights_root: str | Path):
         self.engine, self.workflow, self.task = engine, workflow, task
         self.weights_root = Path(weights_root)
         self.weights_root.mkdir(parents=True, exist_ok=True)
         self.busy = BusyTracker()
-        self.generated_tokens = 0
+        self.generated_actions = 0  # tokens, or denoising steps
         self._update_lock = asyncio.Lock()
 
     async def run_group(self, sample: TaskSample, submit_version: int, seed: int | None = None) -> TrajectoryGroup:
@@ -35,20 +49,14 @@ class RolloutWorker:
             group = await self.workflow.run(self.engine, sample, submit_version, seed)
         finally:
             self.busy.end()
-        self.generated_tokens += group.num_output_tokens
+        self.generated_actions += group.num_actions
         return group
 
-    async def evaluate(self, samples: list[TaskSample], max_new_tokens: int) -> list[tuple[float, str]]:
-        """Greedy (reward, completion) of held-out ``samples`` under the current weights."""
-        greedy = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
-
-        async def one(sample: TaskSample) -> tuple[float, str]:
-            (completion,) = await self.engine.generate(self.workflow.encode(sample), greedy, 1)
-            return float(self.task.score(completion.text, sample)), completion.text
-
+    async def evaluate(self, samples: list[TaskSample]) -> list[tuple[float, Any]]:
+        """(reward, output) of held-out ``samples`` under the current weights (greedy text, fixed-seed images)."""
         self.busy.start()
         try:
-            return list(await asyncio.gather(*(one(s) for s in samples)))
+            return list(await asyncio.gather(*(self.workflow.evaluate(self.engine, s) for s in samples)))
         finally:
             self.busy.end()
 
@@ -82,6 +90,6 @@ class RolloutWorker:
             "busy_intervals": list(self.busy.intervals),
             "busy_seconds": self.busy.busy_seconds(),
             "created": self.busy.created,
-            "generated_tokens": self.generated_tokens,
+            "generated_actions": self.generated_actions,
             "version": self.engine.version,
         }

@@ -6,16 +6,17 @@ import asyncio
 import dataclasses
 import math
 import random
-from collections import Counter
 
 from areal.types import Trajectory, TrajectoryGroup
 from rollouts.engines.base import Engine, SamplingConfig
-from rollouts.rewards import score_safely
+from rollouts.rewards import failure_info, score_safely
 from rollouts.tasks.base import Task, TaskSample
 
 
 class SingleTurnWorkflow:
     """prompt -> n samples -> rewards, as one TrajectoryGroup."""
+
+    action_unit = "tokens"
 
     def __init__(self, task: Task, tokenizer, sampling: SamplingConfig, n: int, reward_timeout_s: float,
                  length_tail: tuple[int, float] | None = None):
@@ -54,8 +55,10 @@ class SingleTurnWorkflow:
             Trajectory(tuple(prompt_ids), c.token_ids, c.logprobs, c.versions, o.value, c.text, c.finish_reason)
             for c, o in zip(completions, outcomes)
         )
-        failures = Counter(o.status for o in outcomes if o.status != "ok")
-        info = {"reward_failures": dict(failures)}
-        if failures:
-            info["reward_failure_example"] = next(o.detail for o in outcomes if o.status != "ok")
-        return TrajectoryGroup(sample.id, trajectories, submit_version, info)
+        return TrajectoryGroup(sample.id, trajectories, submit_version, failure_info(outcomes))
+
+    async def evaluate(self, engine: Engine, sample: TaskSample) -> tuple[float, str]:
+        """Greedy (reward, completion) of a held-out sample under the engine's current weights."""
+        greedy = SamplingConfig(max_new_tokens=self.sampling.max_new_tokens, temperature=0.0)
+        (completion,) = await engine.generate(self.encode(sample), greedy, 1)
+        return float(self.task.score(completion.text, sample)), completion.text

@@ -74,6 +74,7 @@ def ddim_step_with_logprob(
     eta: float = 1.0,
     prev_sample: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM step x_t -> x_{t-1} and its Gaussian log-probability per sample [B].
 
@@ -87,7 +88,9 @@ def ddim_step_with_logprob(
 
     ``timestep`` may be an int or a [B] tensor of per-sample timesteps. When
     ``prev_sample`` is given the step is evaluated, not sampled (DDPO's
-    training pass re-scores the stored chain).
+    training pass re-scores the stored chain). ``noise`` supplies z directly
+    (a batch of chains that each draw from their own generator); otherwise z
+    is drawn from ``generator``.
     """
     if not eta > 0:
         raise ValueError(
@@ -111,7 +114,8 @@ def ddim_step_with_logprob(
     mean = abar_prev**0.5 * x0 + (1 - abar_prev - std**2) ** 0.5 * eps
 
     if prev_sample is None:
-        noise = torch.randn(model_output.shape, generator=generator, dtype=model_output.dtype)
+        if noise is None:
+            noise = torch.randn(model_output.shape, generator=generator, dtype=model_output.dtype)
         prev_sample = mean + std * noise.to(model_output.device)
 
     log_prob = -((prev_sample.detach() - mean) ** 2) / (2 * std**2) - torch.log(std) - LOG_SQRT_2PI

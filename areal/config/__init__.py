@@ -7,6 +7,7 @@ Hydra's ConfigStore so every YAML key is checked against these types, and each
 
 from areal.config.algo import AlgoConfig
 from areal.config.controller import ControllerConfig
+from areal.config.diffusion import DiffusionConfig
 from areal.config.engine import EngineConfig
 from areal.config.experiment import CheckpointConfig, ClusterConfig, LoggingConfig, TrainConfig
 from areal.config.learner import ByzantineConfig, LearnerConfig
@@ -19,6 +20,7 @@ __all__ = [
     "CheckpointConfig",
     "ClusterConfig",
     "ControllerConfig",
+    "DiffusionConfig",
     "EngineConfig",
     "LearnerConfig",
     "LoggingConfig",

@@ -6,13 +6,16 @@ from dataclasses import dataclass
 
 from areal.config._checks import require
 
+ENGINE_TYPES = ("vllm", "diffusers")
+
 
 @dataclass
 class EngineConfig:
     """Which inference backend generates, and how it is sized."""
 
     type: str = "vllm"
-    """Backend: "vllm" (vLLM's async engine; the CPU build on machines without a GPU)."""
+    """Backend: "vllm" (text: vLLM's async engine; its CPU build without a GPU) or "diffusers" (images: a
+    continuous-batching DDIM sampler over a local diffusers pipeline; settings under diffusion.*)."""
     dtype: str = "auto"
     """Weights dtype in the engine; "auto" picks float32 on CPU (bf16 is ~30x slower there) and bfloat16 on GPU."""
     max_model_len: int = 256
@@ -29,7 +32,7 @@ class EngineConfig:
     """Sampling seed of the engine (each worker adds its rank)."""
 
     def __post_init__(self):
-        require(self.type in ("vllm",), "engine.type", self.type, "'vllm'")
+        require(self.type in ENGINE_TYPES, "engine.type", self.type, "'vllm' or 'diffusers'")
         require(self.dtype in ("auto", "float32", "bfloat16", "float16"), "engine.dtype", self.dtype,
                 "one of auto, float32, bfloat16, float16")
         require(self.max_model_len >= 8, "engine.max_model_len", self.max_model_len, "an int >= 8")

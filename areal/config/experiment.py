@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from areal.config._checks import require
 from areal.config.algo import AlgoConfig
 from areal.config.controller import ControllerConfig
+from areal.config.diffusion import DiffusionConfig
 from areal.config.engine import EngineConfig
 from areal.config.learner import LearnerConfig
 from areal.config.rollout import RolloutConfig
@@ -66,7 +67,8 @@ class TrainConfig:
     """An asynchronous RL run."""
 
     model_path: str = ""
-    """Hugging Face model directory; empty = the tiny demo model, bootstrapped and cached on first use."""
+    """Hugging Face model directory (engine.type=diffusers: a diffusers pipeline directory); empty = the tiny
+    demo model (a char-level LM, or a class-conditional pixel UNet), bootstrapped and cached on first use."""
     out_dir: str = "runs/default"
     """Run directory: metrics, TensorBoard, wandb, checkpoints."""
     seed: int = 0
@@ -82,6 +84,7 @@ class TrainConfig:
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -91,5 +94,12 @@ class TrainConfig:
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an int >= 1")
         require(self.total_steps >= 1, "total_steps", self.total_steps, "an int >= 1")
         require(self.eval_every >= 0, "eval_every", self.eval_every, "an int >= 0")
+        require(self.is_diffusion == (self.task.type == "image_prompts"), "task.type", self.task.type,
+                "image_prompts with engine.type=diffusers, a text task with engine.type=vllm")
         require(self.rollout.max_new_tokens < self.engine.max_model_len, "rollout.max_new_tokens",
                 self.rollout.max_new_tokens, f"fewer than engine.max_model_len ({self.engine.max_model_len}) tokens")
+
+    @property
+    def is_diffusion(self) -> bool:
+        """The policy is a diffusion model (DDPO) rather than a language model (PPO family)."""
+        return self.engine.type == "diffusers"

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from areal.config._checks import require
 
-TASK_TYPES = ("arithmetic", "gsm8k")
+TASK_TYPES = ("arithmetic", "gsm8k", "image_prompts")
+IMAGE_REWARDS = ("jpeg_compressibility", "jpeg_incompressibility", "aesthetic")
 
 
 @dataclass
@@ -14,21 +15,33 @@ class TaskConfig:
     """The dataset of prompts and its reward."""
 
     type: str = "arithmetic"
-    """arithmetic (generated problems, exact-answer reward) or gsm8k (JSONL, math-verify reward)."""
+    """arithmetic (generated problems, exact-answer reward), gsm8k (JSONL, math-verify reward) or image_prompts
+    (diffusion: prompts scored by an image reward)."""
     path: str = ""
-    """gsm8k: path to a JSONL file with "question" and "answer" fields."""
+    """gsm8k: a JSONL file with "question" and "answer" fields. image_prompts: a text file with one prompt per
+    line; empty = the class names of a class-conditional pipeline (its class_labels.json)."""
+    reward: str = "jpeg_compressibility"
+    """image_prompts: jpeg_compressibility, jpeg_incompressibility, aesthetic (needs reward_model_path) or
+    "package.module:name" of your own ImageReward class, instance or function (image, prompt) -> float."""
+    reward_model_path: str = ""
+    """image_prompts with reward=aesthetic: local directory of a CLIP model plus aesthetic_head.safetensors."""
     eval_path: str = ""
     """gsm8k: held-out JSONL; empty = hold out the last eval_size rows of path."""
     seed: int = 0
     """Problem generation and shuffling seed."""
     eval_size: int = 200
-    """Held-out prompts scored at each evaluation."""
+    """Held-out prompts scored at each evaluation (image_prompts: images from fixed seeds, cycling the prompts;
+    they also make the sample grid)."""
     reward_timeout_s: float = 10.0
     """A reward computation that takes longer scores 0 and is counted as a timeout."""
 
     def __post_init__(self):
         require(self.type in TASK_TYPES, "task.type", self.type, f"one of {', '.join(TASK_TYPES)}")
         require(self.type != "gsm8k" or bool(self.path), "task.path", self.path, "a JSONL file for task.type=gsm8k")
+        require(self.type != "image_prompts" or self.reward in IMAGE_REWARDS or ":" in self.reward, "task.reward",
+                self.reward, f"one of {', '.join(IMAGE_REWARDS)} or 'package.module:name'")
+        require(self.reward != "aesthetic" or bool(self.reward_model_path), "task.reward_model_path",
+                self.reward_model_path, "a local directory with the CLIP model and aesthetic_head.safetensors")
         require(self.eval_size >= 1, "task.eval_size", self.eval_size, "an int >= 1")
         require(self.reward_timeout_s > 0, "task.reward_timeout_s", self.reward_timeout_s,
                 "a positive number of seconds")

@@ -1,4 +1,4 @@
-"""The inference-engine interface every backend implements (DESIGN.md "Engine")."""
+"""The inference-backend interfaces (DESIGN.md "Engine"): weight updates for all, generation for text."""
 
 from __future__ import annotations
 
@@ -29,17 +29,13 @@ class Completion:
     finish_reason: str
 
 
-class Engine(abc.ABC):
-    """Generates completions continuously; weights can change under in-flight requests."""
-
-    @abc.abstractmethod
-    async def generate(self, prompt_ids: list[int], sampling: SamplingConfig, n: int = 1) -> list[Completion]:
-        """n independent samples of one prompt."""
+class PolicyBackend(abc.ABC):
+    """An inference backend holding one version of the policy's weights; they change under in-flight work."""
 
     @abc.abstractmethod
     async def update_weights(self, weights_dir: str, version: int) -> float:
-        """Pause in-flight requests, load the HF-format weights in ``weights_dir`` in place,
-        tag later tokens with ``version``, resume; returns the seconds the update took."""
+        """Pause in-flight work, load the weights in ``weights_dir`` in place, tag later actions with
+        ``version``, resume; returns the seconds the update took."""
 
     @property
     @abc.abstractmethod
@@ -48,3 +44,11 @@ class Engine(abc.ABC):
 
     async def close(self) -> None:
         """Release the engine's processes and memory."""
+
+
+class Engine(PolicyBackend):
+    """A text engine: generates completions continuously (weights are Hugging Face model files)."""
+
+    @abc.abstractmethod
+    async def generate(self, prompt_ids: list[int], sampling: SamplingConfig, n: int = 1) -> list[Completion]:
+        """n independent samples of one prompt."""

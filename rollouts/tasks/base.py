@@ -1,4 +1,4 @@
-"""A task: train and held-out prompts plus a reward that scores completions."""
+"""A task: train and held-out prompts plus a reward that scores what the policy made of them."""
 
 from __future__ import annotations
 
@@ -36,5 +36,5 @@ class Task(abc.ABC):
         return self._eval
 
     @abc.abstractmethod
-    def score(self, completion: str, sample: TaskSample) -> float:
-        """Reward of one completion; may raise, the caller records the failure."""
+    def score(self, output, sample: TaskSample) -> float:
+        """Reward of one output (a completion's text, or an image); may raise, the caller records the failure."""

@@ -6,8 +6,9 @@ from areal.config import TaskConfig
 from rollouts.tasks.base import Task
 
 
-def make_task(cfg: TaskConfig) -> Task:
-    """The task named by ``cfg.type``, built from its typed settings."""
+def make_task(cfg: TaskConfig, model_path: str = "") -> Task:
+    """The task named by ``cfg.type``, built from its typed settings (``model_path``: a diffusion pipeline whose
+    class names are the prompts when ``task.path`` is empty)."""
     if cfg.type == "arithmetic":
         from rollouts.tasks.arithmetic import ArithmeticTask
 
@@ -16,4 +17,10 @@ def make_task(cfg: TaskConfig) -> Task:
         from rollouts.tasks.gsm8k import GSM8KTask
 
         return GSM8KTask(cfg.path, eval_path=cfg.eval_path or None, eval_size=cfg.eval_size, seed=cfg.seed)
-    raise ValueError(f"task.type: unknown task {cfg.type!r}; choose arithmetic or gsm8k")
+    if cfg.type == "image_prompts":
+        from rollouts.image_rewards import make_image_reward
+        from rollouts.tasks.image_prompts import ImagePromptTask, load_prompts
+
+        return ImagePromptTask(load_prompts(cfg.path, model_path), make_image_reward(cfg.reward, cfg.reward_model_path),
+                               cfg.eval_size)
+    raise ValueError(f"task.type: unknown task {cfg.type!r}; choose arithmetic, gsm8k or image_prompts")

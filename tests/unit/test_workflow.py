@@ -25,7 +25,7 @@ def test_group_carries_rewards_tokens_and_versions(tmp_path):
     assert group.trajectories[0].prompt_ids == tuple(ord(c) for c in "q1=")
     assert all(t.versions == (0,) for t in group.trajectories)
     assert group.submit_version == 0 and group.info["reward_failures"] == {}
-    assert worker.stats()["generated_tokens"] == 3
+    assert worker.stats()["generated_actions"] == 3
 
 
 def test_reward_failures_are_recorded_not_raised(tmp_path):
@@ -60,7 +60,7 @@ def test_load_weights_refuses_path_tricks(tmp_path):
 
 def test_evaluate_is_greedy(tmp_path):
     worker = make_worker(tmp_path, {"e0=": ["0"]})
-    assert asyncio.run(worker.evaluate(list(FakeTask().eval), max_new_tokens=4)) == [(1.0, "0")]
+    assert asyncio.run(worker.evaluate(list(FakeTask().eval))) == [(1.0, "0")]
     assert worker.engine.calls[-1][1].temperature == 0.0
 
 

@@ -1,0 +1,18 @@
+"""Build one learner rank for the configured policy: PPO family for text, DDPO for diffusion."""
+
+from __future__ import annotations
+
+from areal.config import TrainConfig
+from learners.deepspeed_learner import DeepSpeedLearner
+from learners.deepspeed_setup import Rendezvous
+
+
+def make_learner(cfg: TrainConfig, model_path: str, rdv: Rendezvous) -> DeepSpeedLearner:
+    total_updates = cfg.total_steps * cfg.learner.minibatches
+    if cfg.is_diffusion:
+        from learners.ddpo_learner import DDPOLearner
+
+        return DDPOLearner(model_path, cfg.learner, cfg.algo, cfg.diffusion, rdv, cfg.seed, total_updates)
+    from learners.lm_learner import LMLearner
+
+    return LMLearner(model_path, cfg.learner, cfg.algo, cfg.rollout.temperature, rdv, cfg.seed, total_updates)

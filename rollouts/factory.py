@@ -1,0 +1,37 @@
+"""Build one rollout worker for the configured policy: a text engine or a diffusion sampler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from areal.config import TrainConfig
+from rollouts.worker import RolloutWorker
+
+
+def make_rollout_worker(cfg: TrainConfig, model_path: str, rank: int, weights_root: str | Path,
+                        device: str = "cpu") -> RolloutWorker:
+    """The backend, workflow and task of rollout worker ``rank`` (heavy imports happen only for the one chosen)."""
+    from rollouts.tasks.factory import make_task
+
+    task = make_task(cfg.task, model_path)
+    if cfg.is_diffusion:
+        from rollouts.diffusion_workflow import DiffusionWorkflow
+        from rollouts.engines.diffusion_sampler import DiffusionSampler
+
+        sampler = DiffusionSampler(model_path, cfg.diffusion, device=device)
+        workflow = DiffusionWorkflow(task, cfg.rollout.samples_per_prompt, cfg.task.reward_timeout_s)
+        return RolloutWorker(sampler, workflow, task, weights_root)
+
+    from transformers import AutoTokenizer
+
+    from rollouts.engines import make_engine
+    from rollouts.engines.base import SamplingConfig
+    from rollouts.workflow import SingleTurnWorkflow
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    sampling = SamplingConfig(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                              top_p=cfg.rollout.top_p)
+    tail = cfg.rollout.length_tail_median
+    workflow = SingleTurnWorkflow(task, tokenizer, sampling, cfg.rollout.samples_per_prompt, cfg.task.reward_timeout_s,
+                                  length_tail=(tail, cfg.rollout.length_tail_sigma) if tail else None)
+    return RolloutWorker(make_engine(cfg.engine, model_path, seed_offset=rank), workflow, task, weights_root)

@@ -1,0 +1,71 @@
+"""Diffusion rollouts as the controller and learners see them: chain groups, batches, checkpointed form."""
+
+import json
+
+import pytest
+import torch
+
+from areal.algos.ddpo import PerPromptStatTracker
+from areal.batching import ChainBatcher
+from areal.types import ChainTrajectory, TrajectoryGroup, group_from_dict, group_to_dict
+
+
+def chain(prompt: str, reward: float, steps: int = 3, seed: int = 0) -> ChainTrajectory:
+    g = torch.Generator().manual_seed(seed)
+    return ChainTrajectory(prompt, torch.randn(steps + 1, 3, 4, 4, generator=g), tuple(range(900, 0, -900 // steps))[:steps],
+                           tuple(torch.randn(steps, generator=g).tolist()), (0,) * steps, reward)
+
+
+def group(prompt: str, rewards, version: int = 0) -> TrajectoryGroup:
+    return TrajectoryGroup(prompt, tuple(chain(prompt, r, seed=i) for i, r in enumerate(rewards)), version)
+
+
+def test_a_chain_needs_one_logprob_and_version_per_step_and_one_more_latent():
+    with pytest.raises(ValueError, match="S \\+ 1 latents"):
+        ChainTrajectory("p", torch.zeros(3, 3, 4, 4), (10, 5, 1), (0.0,) * 3, (0,) * 3, 1.0)
+
+
+def test_group_counts_denoising_steps_as_its_actions():
+    assert group("p", [1.0, 2.0]).num_actions == 6
+
+
+def test_checkpointed_groups_come_back_bit_for_bit():
+    original = group("p", [0.1, -2.5])
+    restored = group_from_dict(json.loads(json.dumps(group_to_dict(original))))
+    for a, b in zip(original.trajectories, restored.trajectories):
+        assert torch.equal(a.latents, b.latents) and a.latents.dtype == b.latents.dtype
+        assert (a.timesteps, a.logprobs, a.versions, a.reward, a.prompt) == \
+            (b.timesteps, b.logprobs, b.versions, b.reward, b.prompt)
+
+
+def test_batch_rows_are_chains_with_per_prompt_normalised_advantages():
+    batcher = ChainBatcher(PerPromptStatTracker(buffer_size=8, min_count=2))
+    batch = batcher.build([group("cat", [1.0, 3.0]), group("dog", [10.0, 30.0])])
+    assert batch.latents.shape == (4, 4, 3, 4, 4) and batch.timesteps.shape == (4, 3)
+    assert batch.prompts == ("cat", "cat", "dog", "dog") and batch.num_actions == 12
+    # each prompt is normalised by its own rewards: both pairs map to -1, +1
+    torch.testing.assert_close(batch.advantages, torch.tensor([-1.0, 1.0, -1.0, 1.0]), atol=1e-5, rtol=0)
+    halves = batch.split(2)
+    assert [h.prompts for h in halves] == [("cat", "cat"), ("dog", "dog")]
+
+
+def test_the_reward_history_is_part_of_the_run_state():
+    batcher = ChainBatcher(PerPromptStatTracker(buffer_size=8, min_count=2))
+    batcher.build([group("cat", [1.0, 3.0])])
+    resumed = ChainBatcher(PerPromptStatTracker(buffer_size=8, min_count=2))
+    resumed.load_state_dict(json.loads(json.dumps(batcher.state_dict())))
+    nxt = [group("cat", [2.0, 2.5])]
+    torch.testing.assert_close(resumed.build(nxt).advantages, batcher.build(nxt).advantages)
+
+
+def test_without_stat_tracking_each_group_is_normalised_alone():
+    batch = ChainBatcher(None).build([group("cat", [1.0, 3.0]), group("cat", [5.0, 5.0])])
+    torch.testing.assert_close(batch.advantages, torch.tensor([-1.0, 1.0, 0.0, 0.0]), atol=1e-5, rtol=0)
+
+
+def test_text_groups_are_refused_by_the_chain_batcher():
+    from areal.types import Trajectory
+
+    text = TrajectoryGroup("p", (Trajectory((1,), (2,), (-0.1,), (0,), 1.0),), 0)
+    with pytest.raises(TypeError, match="ChainTrajectory"):
+        ChainBatcher(None).build([text])
