@@ -34,7 +34,7 @@ def test_batch_layout_and_grpo_advantages():
     adv = batch.advantages
     assert adv[0, 2].item() > 0 > adv[1, 2].item()  # group a: the rewarded sample is pushed up
     assert adv[2:].abs().sum().item() == 0  # group b: equal rewards carry no signal
-    assert batch.num_tokens == 7
+    assert batch.num_actions == 7
 
 
 def test_groups_of_different_sizes_are_refused():
