@@ -60,12 +60,26 @@ class TokenBatcher:
         pass
 
 
+def centre_per_group(advantages: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Subtract each group's mean advantage (the group: one prompt's n chains from one submission)."""
+    parts = torch.split(advantages, sizes)
+    return torch.cat([part - part.mean() for part in parts])
+
+
 class ChainBatcher:
     """Diffusion policies: groups of denoising chains -> ``ChainBatch`` with DDPO advantages.
 
     Advantages are per-prompt normalised rewards (``PerPromptStatTracker``, Black et al. §5):
     the tracker remembers rewards across batches, so it is part of the run state (checkpointed).
-    Without it, each group is normalised on its own n samples (GRPO-style).
+    They are then centred within each group. Why: DDPO's per-step log-probability is a mean
+    over pixels, so its importance weights cannot correct stale chains, and a stale chain's
+    gradient carries a term (mu_old - mu_now) weighted by the advantage. With the history
+    baseline the advantages of a batch have a non-zero mean whenever the reward trends, and
+    that term then pushes the denoiser further along its last change, which lowers the
+    reward further: measured, training two versions behind went from -1.45 to -1.64 (JPEG
+    reward) in 40 steps while fresh training held steady. Zero-mean advantages per group
+    remove the feedback and keep the history's scale.
+    Without the tracker, each group is normalised on its own n samples (GRPO-style).
     """
 
     action_unit = "denoising_steps"
@@ -86,7 +100,7 @@ class ChainBatcher:
         prompts = tuple(c.prompt for c in chains)
         rewards = torch.tensor([c.reward for c in chains], dtype=torch.float64)
         if self.tracker is not None:
-            advantages = self.tracker.update(prompts, rewards)
+            advantages = centre_per_group(self.tracker.update(prompts, rewards), [len(g.trajectories) for g in groups])
         else:
             per_group = rewards.reshape(len(groups), -1)
             advantages = ((per_group - per_group.mean(1, keepdim=True)) /

@@ -69,3 +69,13 @@ def test_text_groups_are_refused_by_the_chain_batcher():
     text = TrajectoryGroup("p", (Trajectory((1,), (2,), (-0.1,), (0,), 1.0),), 0)
     with pytest.raises(TypeError, match="ChainTrajectory"):
         ChainBatcher(None).build([text])
+
+
+def test_advantages_are_centred_within_each_group_even_when_the_history_baseline_is_off():
+    """A prompt whose reward history is higher than its current group still gets zero-mean advantages
+    (stale chains would otherwise push the denoiser further along its last change)."""
+    batcher = ChainBatcher(PerPromptStatTracker(buffer_size=16, min_count=2))
+    batcher.build([group("cat", [10.0, 12.0, 11.0, 13.0])])
+    batch = batcher.build([group("cat", [1.0, 3.0]), group("dog", [0.0, 5.0])])
+    assert abs(float(batch.advantages[:2].sum())) < 1e-6 and abs(float(batch.advantages[2:].sum())) < 1e-6
+    assert batch.advantages[1] > batch.advantages[0] and batch.advantages[3] > batch.advantages[2]
