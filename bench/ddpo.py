@@ -1,6 +1,6 @@
 """Synchronous vs asynchronous DDPO on the tiny class-conditional UNet, in one invocation.
 
-    python bench/ddpo.py [--steps 40] [--staleness 0 2]
+    python bench/ddpo.py [--steps 60] [--staleness 0 2]
 
 Runs experiment ddpo_tiny (JPEG compressibility) once per max_staleness from the same
 bootstrapped pipeline and seed: 0 is synchronous (the sampler waits for the learner and
@@ -91,7 +91,7 @@ def plot(result: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=40, help="train steps per setting")
+    parser.add_argument("--steps", type=int, default=60, help="train steps per setting")
     parser.add_argument("--staleness", type=int, nargs="+", default=[0, 2])
     args = parser.parse_args()
     from launch.diffusion_bootstrap import bootstrap_diffusion, diffusion_model_dir

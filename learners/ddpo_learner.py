@@ -21,7 +21,7 @@ from areal.algos.ddpo import ddim_step_with_logprob, ddpo_loss
 from areal.config import AlgoConfig, DiffusionConfig, LearnerConfig
 from areal.models.diffusion_policy import PAYLOAD_FILE, DiffusionPolicy
 from areal.types import ChainBatch
-from learners.deepspeed_learner import DeepSpeedLearner, mean
+from learners.deepspeed_learner import DeepSpeedLearner
 from learners.deepspeed_setup import Rendezvous, use_cuda
 
 
@@ -82,28 +82,17 @@ class DDPOLearner(DeepSpeedLearner):
             for j in range(k):
                 current = self.step_logprobs(mb, chosen[part, j], mb_cond)
                 loss, info = self.loss(current, proximal[part, j], behavior[part, j], advantages[part])
-                self.engine.backward(loss)  # scaled by 1/k: the update averages over the trained steps
-                if j == k - 1:
-                    for key, value in self.exchange.combine().items():
-                        stats.setdefault(key, []).append(value)
-                self.engine.step()  # an optimizer step only at the accumulation boundary (j = k - 1)
+                # backward scales by 1/k: the update averages over the trained steps; the optimizer steps
+                # (and ranks combine gradients) at the accumulation boundary, the last chosen step
+                self.backward_and_step(loss, stats, boundary=j == k - 1)
                 for key in ("clip_fraction", "approx_kl", "behavior_weight_mean", "dropped_fraction"):
                     if key in info:
                         stats.setdefault(key, []).append(float(info[key]))
-                stats.setdefault("loss", []).append(float(loss.detach()))
-            grad_norm = self.engine.get_global_grad_norm()
-            if grad_norm is not None:
-                stats.setdefault("grad_norm", []).append(float(grad_norm))
-        self.version += 1
-        out = {f"learner/{key}": mean(values) for key, values in stats.items()}
-        out.update({
+        return self.finish_update(stats, start, {
             "learner/behavior_proximal_kl": float((behavior - proximal).mean()),
             "learner/advantage_abs_mean": float(advantages.abs().mean()),
             "learner/denoising_steps": float(n * k),
-            "learner/step_seconds": time.perf_counter() - start,
-            "learner/lr": float(self.engine.get_lr()[0]),
         })
-        return out
 
     def loss(self, current, proximal, behavior, advantages) -> tuple[torch.Tensor, dict]:
         """DDPO-IS for one step of each chain: against the proximal policy with behaviour weights (decoupled),

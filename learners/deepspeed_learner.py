@@ -11,6 +11,7 @@ import hashlib
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,29 @@ class DeepSpeedLearner(abc.ABC):
     @abc.abstractmethod
     def payload_files(self, state: dict[str, torch.Tensor]) -> dict[str, bytes]:
         """The files a rollout backend loads to run ``state`` (flat names)."""
+
+    # -- one update -------------------------------------------------------
+    def backward_and_step(self, loss: torch.Tensor, stats: dict[str, list[float]], boundary: bool = True) -> None:
+        """Backward, then (at an accumulation boundary) combine gradients across ranks, and step: DeepSpeed
+        takes an optimizer step only at the boundary. Loss, exchange timings and grad norm go to ``stats``."""
+        self.engine.backward(loss)
+        if boundary:
+            for key, value in self.exchange.combine().items():
+                stats.setdefault(key, []).append(value)
+        self.engine.step()
+        stats.setdefault("loss", []).append(float(loss.detach()))
+        grad_norm = self.engine.get_global_grad_norm() if boundary else None
+        if grad_norm is not None:
+            stats.setdefault("grad_norm", []).append(float(grad_norm))
+
+    def finish_update(self, stats: dict[str, list[float]], started: float, extra: dict[str, float]) -> dict:
+        """The new version's ``learner/*`` stats: means of what was recorded, plus ``extra``."""
+        self.version += 1
+        out = {f"learner/{key}": mean(values) for key, values in stats.items()}
+        out.update(extra)
+        out["learner/step_seconds"] = time.perf_counter() - started
+        out["learner/lr"] = float(self.engine.get_lr()[0])
+        return out
 
     def gathered_state(self) -> dict[str, torch.Tensor]:
         """The whole model on CPU (collective under ZeRO-3: every rank calls it)."""

@@ -18,7 +18,7 @@ import torch
 from areal.algos import decoupled_ppo_loss
 from areal.config import AlgoConfig, LearnerConfig
 from areal.types import TrainBatch
-from learners.deepspeed_learner import DeepSpeedLearner, mean
+from learners.deepspeed_learner import DeepSpeedLearner
 from learners.deepspeed_setup import Rendezvous, use_cuda
 
 log = logging.getLogger(__name__)
@@ -95,26 +95,12 @@ class LMLearner(DeepSpeedLearner):
                 behavior_weight_cap=self.algo.behavior_weight_cap if self.algo.decoupled else None,
                 level=self.algo.level,
             )
-            self.engine.backward(loss)
-            for key, value in self.exchange.combine().items():
-                stats.setdefault(key, []).append(value)
-            self.engine.step()
+            self.backward_and_step(loss, stats)
             for key in ("clip_fraction", "dual_clip_fraction", "dropped_fraction", "behavior_weight_mean",
                         "approx_kl"):
                 stats.setdefault(key, []).append(float(info[key]))
-            stats.setdefault("loss", []).append(float(loss.detach()))
-            grad_norm = self.engine.get_global_grad_norm()
-            if grad_norm is not None:
-                stats.setdefault("grad_norm", []).append(float(grad_norm))
-        self.version += 1
-        out = {f"learner/{k}": mean(v) for k, v in stats.items()}
-        out.update({
-            "learner/behavior_proximal_kl": float(mismatch),
-            "learner/tokens": float(mask.sum()),
-            "learner/step_seconds": time.perf_counter() - start,
-            "learner/lr": float(self.engine.get_lr()[0]),
-        })
-        return out
+        return self.finish_update(stats, start, {"learner/behavior_proximal_kl": float(mismatch),
+                                                 "learner/tokens": float(mask.sum())})
 
     # -- weights ----------------------------------------------------------
     def save_model(self, path: Path, state: dict[str, torch.Tensor]) -> None:

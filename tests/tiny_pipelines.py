@@ -24,9 +24,10 @@ def class_conditional_pipeline(path: Path, labels=("red", "blue"), size: int = 1
     from diffusers import DDPMPipeline, UNet2DModel
 
     torch.manual_seed(seed)
-    unet = UNet2DModel(sample_size=size, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       norm_num_groups=8, num_class_embeds=len(labels) + 1)
+    unet = UNet2DModel(sample_size=size, in_channels=3, out_channels=3, layers_per_block=1,
+                       block_out_channels=(16, 32), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
+                       num_class_embeds=len(labels) + 1)
     DDPMPipeline(unet=unet, scheduler=ddim_scheduler()).save_pretrained(path)
     (path / "class_labels.json").write_text(json.dumps({"labels": list(labels), "null_class": len(labels)}))
     return path

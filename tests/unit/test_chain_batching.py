@@ -12,7 +12,8 @@ from areal.types import ChainTrajectory, TrajectoryGroup, group_from_dict, group
 
 def chain(prompt: str, reward: float, steps: int = 3, seed: int = 0) -> ChainTrajectory:
     g = torch.Generator().manual_seed(seed)
-    return ChainTrajectory(prompt, torch.randn(steps + 1, 3, 4, 4, generator=g), tuple(range(900, 0, -900 // steps))[:steps],
+    timesteps = tuple(range(900, 0, -900 // steps))[:steps]
+    return ChainTrajectory(prompt, torch.randn(steps + 1, 3, 4, 4, generator=g), timesteps,
                            tuple(torch.randn(steps, generator=g).tolist()), (0,) * steps, reward)
 
 
