@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml constraints-cpu.txt | cksum | cut -d' ' -f1)
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup run test bench clean
+.PHONY: setup run ddpo test bench clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,9 @@ setup: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/areal train experiment=arith_tiny
+
+ddpo: $(STAMP)
+	$(BIN)/areal train experiment=ddpo_tiny
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -18,8 +18,10 @@ def ddim_scheduler():
                          steps_offset=1)
 
 
-def class_conditional_pipeline(path: Path, labels=("red", "blue"), size: int = 16, seed: int = 0) -> Path:
-    """A pixel-space UNet with class embeddings (last index: the null class for guidance)."""
+def class_conditional_pipeline(path: Path, labels=("red", "blue"), size: int = 16, seed: int = 0,
+                               unconditional: bool = False) -> Path:
+    """A pixel-space UNet with class embeddings (last index: the null class for guidance), or without any
+    conditioning (``unconditional``: no class embeddings, no class_labels.json)."""
     import torch
     from diffusers import DDPMPipeline, UNet2DModel
 
@@ -27,8 +29,10 @@ def class_conditional_pipeline(path: Path, labels=("red", "blue"), size: int = 1
     unet = UNet2DModel(sample_size=size, in_channels=3, out_channels=3, layers_per_block=1,
                        block_out_channels=(16, 32), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
                        up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
-                       num_class_embeds=len(labels) + 1)
+                       num_class_embeds=None if unconditional else len(labels) + 1)
     DDPMPipeline(unet=unet, scheduler=ddim_scheduler()).save_pretrained(path)
+    if unconditional:
+        return path
     (path / "class_labels.json").write_text(json.dumps({"labels": list(labels), "null_class": len(labels)}))
     return path
 

@@ -129,3 +129,13 @@ def test_text_pipelines_with_guidance_and_lora_adapters(tmp_path):
     reloaded = DiffusionSampler(str(saved), DiffusionConfig(num_steps=3, lora_rank=2)).policy
     for name, value in adapters.items():
         torch.testing.assert_close(dict(reloaded.unet.named_parameters())[name], value)
+
+
+def test_unconditional_pipelines_ignore_the_prompt(tmp_path):
+    pipe = str(class_conditional_pipeline(tmp_path / "uncond", unconditional=True))
+    sampler = DiffusionSampler(pipe, DiffusionConfig(num_steps=3))
+    assert sampler.policy.kind == "unconditional"
+    (a,) = asyncio.run(sampler.sample("anything", 1, seed=4))
+    (b,) = asyncio.run(sampler.sample("something else", 1, seed=4))
+    assert torch.equal(a.latents, b.latents)
+    torch.testing.assert_close(rescore(sampler.policy, a, "x"), torch.tensor(a.logprobs), rtol=0, atol=1e-5)
