@@ -33,6 +33,83 @@ def cmd_train(args) -> int:
     return 0
 
 
+SUBMIT_HELP = """Submit `areal train OVERRIDES` to a running Ray cluster through the Ray Jobs API.
+
+The project directory is uploaded as the job's working directory (without .venv, runs, .git);
+the job's driver joins the cluster (cluster.address=auto). The cluster's Python must have areal's
+dependencies (the same `make setup` on its nodes, or --pip for extra packages). Examples:
+  areal submit --address http://HEAD:8265 experiment=arith_tiny out_dir=/shared/runs/a1
+  areal status JOB_ID;  areal logs JOB_ID --follow;  areal stop JOB_ID
+The address defaults to $RAY_ADDRESS (when http) or http://127.0.0.1:8265.
+"""
+
+
+def cmd_submit(args) -> int:
+    from launch import jobs
+
+    job_id, link = jobs.submit(args.overrides, args.address, args.python, pip=args.pip or None,
+                               num_cpus=args.num_cpus)
+    print(f"submitted {job_id}\ndashboard: {link}\nfollow:    areal logs {job_id} --follow"
+          f"{' --address ' + args.address if args.address else ''}")
+    if args.wait:
+        state = jobs.wait(job_id, args.address)
+        print(f"{job_id}: {state}")
+        return 0 if state == "SUCCEEDED" else 1
+    return 0
+
+
+def cmd_status(args) -> int:
+    from launch import jobs
+
+    state, message = jobs.status(args.job_id, args.address)
+    print(f"{args.job_id}: {state}" + (f" ({message})" if message else ""))
+    return 0
+
+
+def cmd_logs(args) -> int:
+    from launch import jobs
+
+    text = jobs.logs(args.job_id, args.address, follow=args.follow)
+    if text:
+        print(text, end="")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    from launch import jobs
+
+    stopped = jobs.stop(args.job_id, args.address)
+    print(f"{args.job_id}: {'stop requested' if stopped else 'already ended'}")
+    return 0
+
+
+def cmd_slurm(args) -> int:
+    from pathlib import Path
+
+    from launch.slurm.render import SlurmJob, render
+
+    job = SlurmJob(nodes=args.nodes, cpus_per_node=args.cpus_per_node, gpus_per_node=args.gpus_per_node,
+                   time_limit=args.time, job_name=args.job_name, out_dir=args.out_dir, log_dir=args.log_dir,
+                   overrides=args.overrides, extra_sbatch=[f"#SBATCH --partition={args.partition}"]
+                   if args.partition else [])
+    Path(args.log_dir).mkdir(parents=True, exist_ok=True)  # Slurm does not create the output directory
+    Path(args.script).write_text(render(job))
+    print(f"wrote {args.script}; submit it with: sbatch {args.script}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from launch.report import write_report
+
+    try:
+        page = write_report(args.run_dir, args.out or None)
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(page)
+    return 0
+
+
 def cmd_bootstrap(args) -> int:
     from launch.train import demo_model
 
@@ -50,6 +127,47 @@ def main(argv: list[str] | None = None) -> int:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("overrides", nargs="*", help="key=value config overrides")
     train.set_defaults(func=cmd_train)
+    submit = sub.add_parser("submit", help="run an RL job on a Ray cluster (Ray Jobs API)", description=SUBMIT_HELP,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    submit.add_argument("overrides", nargs="*", help="key=value config overrides, as for `areal train`")
+    submit.add_argument("--address", default="", help="the cluster's dashboard, e.g. http://HEAD:8265")
+    submit.add_argument("--python", default="python", help="the Python the job's driver runs with on the head node")
+    submit.add_argument("--pip", nargs="*", default=[], help="extra pip packages for the job's runtime environment")
+    submit.add_argument("--num-cpus", type=float, default=0, help="CPUs reserved for the driver itself")
+    submit.add_argument("--wait", action="store_true", help="block until the job ends; exit 0 only if it succeeded")
+    submit.set_defaults(func=cmd_submit)
+    for name, func, text in (("status", cmd_status, "state of a submitted job (PENDING, RUNNING, SUCCEEDED, ...)"),
+                             ("logs", cmd_logs, "the driver output of a submitted job"),
+                             ("stop", cmd_stop, "stop a submitted job and its actors")):
+        cmd = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]} (Ray Jobs API).")
+        cmd.add_argument("job_id", help="the id `areal submit` printed")
+        cmd.add_argument("--address", default="", help="the cluster's dashboard, e.g. http://HEAD:8265")
+        if name == "logs":
+            cmd.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
+        cmd.set_defaults(func=func)
+    slurm = sub.add_parser("slurm", help="write an sbatch script: Ray across the allocated nodes, then the run",
+                           description="Render launch/slurm/ray_job.sbatch.template: a Ray head on the first node, "
+                                       "Ray workers on the others, `areal train OVERRIDES` on the head. out_dir "
+                                       "must be on storage every node can write.")
+    slurm.add_argument("overrides", nargs="*", help="key=value config overrides for `areal train`")
+    slurm.add_argument("--nodes", type=int, default=2)
+    slurm.add_argument("--cpus-per-node", type=int, default=16)
+    slurm.add_argument("--gpus-per-node", type=int, default=0)
+    slurm.add_argument("--time", default="04:00:00", help="Slurm time limit")
+    slurm.add_argument("--partition", default="", help="Slurm partition (omitted when empty)")
+    slurm.add_argument("--job-name", default="areal")
+    slurm.add_argument("--out-dir", default="runs/slurm", help="the run's out_dir (shared storage)")
+    slurm.add_argument("--log-dir", default="runs/slurm-logs", help="where Slurm writes the job's output")
+    slurm.add_argument("--script", default="areal.sbatch", help="file to write")
+    slurm.set_defaults(func=cmd_slurm)
+    report = sub.add_parser(
+        "report", help="plots and an HTML page for a run directory",
+        description="Write PNG plots (reward and held-out score, staleness of trained samples, generated vs "
+                    "consumed throughput, busy/idle timeline per actor, weight-sync durations, loss statistics) "
+                    "and one self-contained report.html for RUN_DIR. Works on a finished, running or crashed run.")
+    report.add_argument("run_dir", help="the run's out_dir (holds metrics.jsonl)")
+    report.add_argument("--out", default="", help="where to write (default: RUN_DIR/report)")
+    report.set_defaults(func=cmd_report)
     boot = sub.add_parser("bootstrap", help="build (or reuse) the tiny demo model and print its path")
     boot.add_argument("--out", default="", help="model directory (default: the shared cache)")
     boot.add_argument("--seed", type=int, default=0)

@@ -77,3 +77,14 @@ def test_a_resumed_run_continues_from_the_last_checkpoint(finished_run, pipeline
     summary = train(cfg2, resolved)
     assert [r["staleness/version"] for r in trained_rows(tmp_path)] == [5.0, 6.0]
     assert summary["rollout_engine_versions"] == [6]
+
+
+def test_areal_report_renders_the_run(finished_run):
+    from launch.report import PLOTS, write_report
+
+    _, out, _ = finished_run
+    text = write_report(out).read_text()
+    assert all((out / "report" / f"{name}.png").exists() for name in PLOTS)
+    for series in ("eval/reward", "rollout/denoising_steps_per_s", "learner/denoising_steps_per_s", "rollout-0",
+                   "weights/sync_seconds", "learner/loss"):
+        assert series in text

@@ -1,0 +1,183 @@
+"""`areal report RUN_DIR`: PNG plots and one self-contained HTML page from a run directory.
+
+Reads only what a run writes as it goes (metrics.jsonl, timeline.jsonl, config.yaml and, once
+finished, summary.json), so it works on a finished, a running and a crashed run: a missing
+file leaves its plots out, a half-written last line is skipped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+PLOTS = ("reward", "staleness", "throughput", "timeline", "weight_sync", "loss")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The complete JSON lines of ``path`` ([] if absent); a torn last line (a live or killed run) is skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of the rows that have a finite ``key``."""
+    points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def staleness_counts(rows: list[dict]) -> dict[int, float]:
+    """Trained samples per staleness (versions behind the learner), summed over the run."""
+    counts: dict[int, float] = defaultdict(float)
+    for r in rows:
+        for key, value in r.items():
+            if key.startswith("staleness/hist_") and value:
+                counts[int(key.rsplit("_", 1)[1])] += value
+    return dict(sorted(counts.items()))
+
+
+def _figure(plt, title: str, ylabel: str, xlabel: str = "step"):
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def _lines(ax, rows: list[dict], keys: list[str]) -> list[str]:
+    drawn = []
+    for key in keys:
+        xs, ys = series(rows, key)
+        if xs:
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=key)
+            drawn.append(key)
+    if drawn:
+        ax.legend(fontsize=7)
+    return drawn
+
+
+def plot_all(rows: list[dict], timeline: list[dict], out: Path) -> dict[str, list[str]]:
+    """Write every plot the data supports to ``out``/<name>.png; returns {name: series drawn}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn: dict[str, list[str]] = {}
+    unit = "denoising_steps" if any("rollout/denoising_steps_per_s" in r for r in rows) else "tokens"
+    specs = {
+        "reward": ("Reward and held-out score", "value", ["rollout/reward_mean", "eval/accuracy", "eval/reward"]),
+        "throughput": (f"Generated vs consumed {unit} per second", f"{unit}/s",
+                       [f"rollout/{unit}_per_s", f"learner/{unit}_per_s"]),
+        "weight_sync": ("Weight sync", "seconds", ["weights/sync_seconds", "weights/load_seconds_max"]),
+        "loss": ("Loss statistics", "value", ["learner/loss", "learner/clip_fraction", "learner/approx_kl",
+                                                "learner/grad_norm", "learner/behavior_weight_mean"]),
+    }
+    for name, (title, ylabel, keys) in specs.items():
+        fig, ax = _figure(plt, title, ylabel)
+        if name == "loss":
+            ax.set_yscale("symlog", linthresh=1e-3)
+        drawn[name] = _lines(ax, rows, keys)
+        _save(plt, fig, out / f"{name}.png", drawn[name])
+
+    counts = staleness_counts(rows)
+    fig, ax = _figure(plt, "Staleness of trained samples", "samples", "versions behind the learner")
+    if counts:
+        ax.bar(list(counts), list(counts.values()))
+        ax.set_xticks(list(counts))
+    drawn["staleness"] = [f"staleness {k}: {int(v)}" for k, v in counts.items()]
+    _save(plt, fig, out / "staleness.png", drawn["staleness"])
+
+    drawn["timeline"] = plot_timeline(plt, timeline, out / "timeline.png")
+    return drawn
+
+
+def plot_timeline(plt, timeline: list[dict], path: Path) -> list[str]:
+    """One row per actor: busy spans (learner, rollout workers) and weight syncs, seconds from the start."""
+    spans = [e for e in timeline if e.get("kind") in ("busy", "sync")]
+    actors = sorted({e["actor"] for e in spans}, key=lambda a: (a != "learner", a != "weights", a))
+    fig, ax = _figure(plt, "Busy (coloured) and idle (blank) time per actor", "", "seconds since the first step")
+    if spans:
+        t0 = min(e["start"] for e in spans)
+        for row, actor in enumerate(actors):
+            bars = [(e["start"] - t0, e["end"] - e["start"]) for e in spans if e["actor"] == actor]
+            ax.broken_barh(bars, (row - 0.4, 0.8), color="tab:orange" if actor == "weights" else "tab:blue")
+        ax.set_yticks(range(len(actors)))
+        ax.set_yticklabels(actors)
+    _save(plt, fig, path, actors)
+    return actors
+
+
+def _save(plt, fig, path: Path, drawn: list[str]) -> None:
+    if not drawn:
+        fig.gca().text(0.5, 0.5, "no data yet", ha="center", va="center", transform=fig.gca().transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_state(run_dir: Path, rows: list[dict]) -> str:
+    if (run_dir / "summary.json").exists():
+        return "finished"
+    return "running or stopped early (no summary.json)" if rows else "no metrics yet"
+
+
+def write_html(run_dir: Path, out: Path, rows: list[dict], drawn: dict[str, list[str]]) -> Path:
+    """One page: the state, the last metrics, every plot inline (base64), the resolved config."""
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    last = next((r for r in reversed(rows) if "learner/loss" in r), {})
+    headline = {k: v for k, v in last.items() if k.split("/")[0] in ("rollout", "eval", "staleness", "learner")
+                and not k.startswith("staleness/hist_")}
+    parts = [f"<h1>areal run report: {html.escape(run_dir.name)}</h1>",
+             f"<p>state: <b>{html.escape(run_state(run_dir, rows))}</b>; steps logged: "
+             f"{max((r.get('step', 0) for r in rows), default=0)}</p>"]
+    if summary:
+        keys = ("eval_metric", "initial_eval", "final_eval", "steps", "seconds", "max_trained_staleness",
+                "learner_restarts")
+        parts.append(_table({k: summary[k] for k in keys if k in summary}, "summary"))
+    if headline:
+        parts.append(_table(headline, f"last train step ({last.get('step')})"))
+    for name in PLOTS:
+        data = base64.b64encode((out / f"{name}.png").read_bytes()).decode()
+        parts.append(f'<h2>{name.replace("_", " ")}</h2><img alt="{name}" src="data:image/png;base64,{data}">'
+                     f"<p class=series>{html.escape(', '.join(drawn.get(name, [])) or 'no data yet')}</p>")
+    if (run_dir / "config.yaml").exists():
+        parts.append(f"<h2>config</h2><pre>{html.escape((run_dir / 'config.yaml').read_text())}</pre>")
+    page = ("<!doctype html><meta charset=utf-8><title>areal report</title><style>body{font-family:sans-serif;"
+            "max-width:900px;margin:auto} td{padding:2px 8px} .series{color:#555;font-size:small}</style>"
+            + "\n".join(parts))
+    path = out / "report.html"
+    path.write_text(page)
+    return path
+
+
+def _table(values: dict, caption: str) -> str:
+    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_fmt(v)}</td></tr>" for k, v in values.items())
+    return f"<h2>{html.escape(caption)}</h2><table>{rows}</table>"
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+
+
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Plots and report.html for ``run_dir`` (into ``out_dir``, default RUN_DIR/report); returns the page."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"areal report: {run_dir} is not a run directory (the out_dir of a run)")
+    out = Path(out_dir) if out_dir else run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    drawn = plot_all(rows, read_jsonl(run_dir / "timeline.jsonl"), out)
+    return write_html(run_dir, out, rows, drawn)

@@ -1,0 +1,49 @@
+"""Render the sbatch template: a Ray head on the first allocated node, workers on the rest, the driver."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+TEMPLATE = Path(__file__).with_name("ray_job.sbatch.template")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class SlurmJob:
+    """What the template needs; every field has a default a small cluster can start from."""
+
+    nodes: int = 2
+    cpus_per_node: int = 16
+    gpus_per_node: int = 0
+    time_limit: str = "04:00:00"
+    job_name: str = "areal"
+    out_dir: str = "runs/slurm"  # must be on storage every node can write (checkpoints, metrics)
+    project_dir: str = str(ROOT)
+    venv: str = str(ROOT / ".venv")
+    log_dir: str = "runs/slurm-logs"
+    ray_port: int = 6379
+    overrides: list[str] = field(default_factory=list)
+    extra_sbatch: list[str] = field(default_factory=list)  # e.g. ["#SBATCH --partition=gpu"]
+
+    def __post_init__(self):
+        if self.nodes < 1 or self.cpus_per_node < 1 or self.gpus_per_node < 0:
+            raise ValueError(f"slurm job: nodes and cpus_per_node must be >= 1 and gpus_per_node >= 0, got "
+                             f"{self.nodes}, {self.cpus_per_node}, {self.gpus_per_node}")
+        bad = [line for line in self.extra_sbatch if not line.startswith("#SBATCH ")]
+        if bad:
+            raise ValueError(f"slurm job: extra sbatch lines must start with '#SBATCH ', got {bad}")
+
+
+def render(job: SlurmJob) -> str:
+    """The filled template; refuses to leave a field unfilled."""
+    values = asdict(job)
+    values["overrides"] = " ".join(shlex.quote(o) for o in job.overrides)
+    gpus = [f"#SBATCH --gpus-per-node={job.gpus_per_node}"] if job.gpus_per_node else []
+    values["sbatch_lines"] = "\n".join(gpus + job.extra_sbatch)
+    values = {k: (shlex.quote(v) if k in ("out_dir", "project_dir", "venv", "log_dir") else str(v))
+              for k, v in values.items()}
+    text = re.sub(r"@(\w+)@", lambda m: values[m.group(1)], TEMPLATE.read_text())
+    return text

@@ -1,0 +1,67 @@
+"""`areal report`: plots and one HTML page from a run directory, finished or not."""
+
+import json
+
+from launch.cli import main
+from launch.report import PLOTS, read_jsonl, staleness_counts, write_report
+
+
+def fake_run(path, steps=6, finished=True, torn=False):
+    """A run directory as the driver writes it (metrics.jsonl, timeline.jsonl, config.yaml, summary.json)."""
+    path.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"step": 0, "eval/accuracy": 0.4})]
+    for s in range(1, steps + 1):
+        lines.append(json.dumps({
+            "step": s, "rollout/reward_mean": 0.1 * s, "learner/loss": 1.0 / s, "learner/clip_fraction": 0.1,
+            "learner/approx_kl": 1e-3, "rollout/tokens_per_s": 100.0 + s, "learner/tokens_per_s": 90.0,
+            "weights/sync_seconds": 0.02, "staleness/hist_0": 2.0, "staleness/hist_1": float(s),
+            "staleness/mean": 0.5}))
+    text = "\n".join(lines) + "\n" + ('{"step": 7, "rollout/rew' if torn else "")
+    (path / "metrics.jsonl").write_text(text)
+    spans = [{"actor": "learner", "kind": "busy", "start": 10.0 + s, "end": 10.5 + s} for s in range(steps)]
+    spans += [{"actor": "rollout-0", "kind": "busy", "start": 10.0, "end": 10.0 + steps},
+              {"actor": "weights", "kind": "sync", "start": 11.0, "end": 11.1}]
+    (path / "timeline.jsonl").write_text("\n".join(json.dumps(e) for e in spans) + "\n")
+    (path / "config.yaml").write_text("batch_size: 4\n")
+    if finished:
+        (path / "summary.json").write_text(json.dumps({"eval_metric": "eval/accuracy", "initial_eval": 0.4,
+                                                       "final_eval": 0.6, "steps": steps}))
+    return path
+
+
+def test_a_finished_run_gets_every_plot_and_a_page_naming_the_series(tmp_path):
+    page = write_report(fake_run(tmp_path / "run"))
+    assert page == tmp_path / "run" / "report" / "report.html"
+    for name in PLOTS:
+        png = tmp_path / "run" / "report" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = page.read_text()
+    assert "state: <b>finished</b>" in text and text.count("data:image/png;base64,") == len(PLOTS)
+    for series in ("rollout/reward_mean", "eval/accuracy", "rollout/tokens_per_s", "learner/tokens_per_s",
+                   "weights/sync_seconds", "learner/loss", "staleness 1: 21", "rollout-0", "learner", "weights"):
+        assert series in text
+
+
+def test_a_running_or_crashed_run_is_reported_from_what_it_wrote(tmp_path):
+    run = fake_run(tmp_path / "run", steps=3, finished=False, torn=True)
+    assert len(read_jsonl(run / "metrics.jsonl")) == 4  # the torn last line is skipped
+    text = write_report(run, tmp_path / "out").read_text()
+    assert "running or stopped early" in text and "rollout/reward_mean" in text
+
+
+def test_an_empty_run_directory_still_renders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert "no data yet" in write_report(tmp_path / "empty").read_text()
+
+
+def test_staleness_counts_sum_the_histograms():
+    assert staleness_counts([{"staleness/hist_0": 1.0, "staleness/hist_2": 3.0}, {"staleness/hist_2": 1.0}]) == \
+        {0: 1.0, 2: 4.0}
+
+
+def test_the_cli_writes_the_report_and_names_a_missing_run(tmp_path, capsys):
+    run = fake_run(tmp_path / "run")
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "report.html").exists()
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
