@@ -173,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     boot.add_argument("--seed", type=int, default=0)
     boot.set_defaults(func=cmd_bootstrap)
     args = parser.parse_args(argv)
+    if args.func in (cmd_submit, cmd_status, cmd_logs, cmd_stop):
+        try:
+            return args.func(args)
+        except (ConnectionError, RuntimeError, ValueError) as exc:  # cluster unreachable, auth, unknown job id
+            print(f"areal {args.command}: {exc}", file=sys.stderr)
+            return 2
     return args.func(args)
 
 
