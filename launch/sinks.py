@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -46,14 +47,21 @@ class TensorBoardSink:
 
 
 class WandbSink:
-    """wandb run in RUN_DIR/wandb; offline unless logging.wandb_mode=online."""
+    """wandb run in RUN_DIR/wandb; offline unless logging.wandb_mode=online. A resumed run (checkpoint.resume or
+    resume_from) continues the wandb run of its out_dir, whose id is kept in RUN_DIR/wandb_run_id."""
 
     def __init__(self, cfg: TrainConfig, out_dir: Path):
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
+        id_file = out_dir / "wandb_run_id"
+        resuming = (cfg.checkpoint.resume or bool(cfg.checkpoint.resume_from)) and id_file.exists()
+        run_id = id_file.read_text().strip() if resuming else uuid.uuid4().hex[:12]
+        id_file.write_text(run_id)
         self.run = wandb.init(project=cfg.logging.wandb_project, mode=cfg.logging.wandb_mode, dir=str(out_dir),
-                              config=asdict(cfg), name=out_dir.name, reinit="finish_previous")
+                              config=asdict(cfg), name=out_dir.name, reinit="finish_previous", id=run_id,
+                              resume="allow" if resuming else None)
+        self.resumed = resuming
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log(metrics, step=step)

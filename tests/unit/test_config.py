@@ -55,3 +55,16 @@ def test_the_learning_rate_warms_up_linearly_then_follows_a_cosine_to_zero():
     assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert factor(9) == pytest.approx(0.5) and factor(14) == pytest.approx(0.0) and factor(99) == pytest.approx(0.0)
     assert lr_factor(LearnerConfig(), 10)(7) == 1.0
+
+
+def test_the_diffusion_preset_composes_and_its_mistakes_are_named():
+    cfg, _ = load_config(["experiment=ddpo_tiny"])
+    assert cfg.is_diffusion and cfg.task.type == "image_prompts" and cfg.diffusion.trained_steps == 5
+    for overrides, named in ((["diffusion.eta=0"], "diffusion.eta"), (["task.type=arithmetic"], "task.type"),
+                             (["diffusion.timestep_fraction=1.5"], "diffusion.timestep_fraction"),
+                             (["task.reward=beauty"], "task.reward"),
+                             (["task.reward=aesthetic"], "task.reward_model_path")):
+        with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+            load_config(["experiment=ddpo_tiny", *overrides])
+    with pytest.raises(ConfigError, match="task.type"):
+        load_config(["experiment=arith_tiny", "engine.type=diffusers"])
