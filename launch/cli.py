@@ -111,10 +111,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_bootstrap(args) -> int:
+    if args.kind == "diffusion":
+        from launch.diffusion_bootstrap import bootstrap_diffusion, diffusion_model_dir
+
+        print(bootstrap_diffusion(args.out or diffusion_model_dir(args.seed, 32), seed=args.seed))
+        return 0
     from launch.train import demo_model
 
-    path = demo_model(args.seed, args.out)
-    print(path)
+    print(demo_model(args.seed, args.out or None))
     return 0
 
 
@@ -168,7 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("run_dir", help="the run's out_dir (holds metrics.jsonl)")
     report.add_argument("--out", default="", help="where to write (default: RUN_DIR/report)")
     report.set_defaults(func=cmd_report)
-    boot = sub.add_parser("bootstrap", help="build (or reuse) the tiny demo model and print its path")
+    boot = sub.add_parser("bootstrap", help="build (or reuse) a tiny demo model and print its path",
+                          description="Build once and cache (in $AREAL_CACHE or ~/.cache/areal) the tiny model a demo "
+                                      "uses when model_path is empty: the char-level LM warm-started on arithmetic "
+                                      "(2-7 min on 2 cores), or the class-conditional UNet trained as a DDPM on "
+                                      "procedural shapes (about 5 min).")
+    boot.add_argument("--kind", choices=("lm", "diffusion"), default="lm",
+                      help="lm: for arith_tiny / ci_tiny; diffusion: for ddpo_tiny")
     boot.add_argument("--out", default="", help="model directory (default: the shared cache)")
     boot.add_argument("--seed", type=int, default=0)
     boot.set_defaults(func=cmd_bootstrap)

@@ -50,3 +50,13 @@ def test_bootstrap_writes_a_cached_class_conditional_pipeline(tmp_path, monkeypa
     assert boot.bootstrap_diffusion(tmp_path / "pipe", size=16, train_steps=3, batch_size=4, dataset_size=12) == out
     with pytest.raises(AssertionError, match="retrained"):  # other settings: trained again
         boot.bootstrap_diffusion(tmp_path / "pipe", size=16, train_steps=4, batch_size=4, dataset_size=12)
+
+
+def test_areal_bootstrap_builds_the_diffusion_demo_model_where_asked(tmp_path, monkeypatch, capsys):
+    import launch.diffusion_bootstrap as boot
+    from launch.cli import main
+
+    calls = []
+    monkeypatch.setattr(boot, "bootstrap_diffusion", lambda out, seed: calls.append((str(out), seed)) or out)
+    assert main(["bootstrap", "--kind", "diffusion", "--out", str(tmp_path / "m"), "--seed", "3"]) == 0
+    assert calls == [(str(tmp_path / "m"), 3)] and capsys.readouterr().out.strip() == str(tmp_path / "m")
