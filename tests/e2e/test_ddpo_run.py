@@ -40,7 +40,9 @@ def test_chains_were_sampled_and_trained_asynchronously_within_the_staleness_bou
     assert [r["staleness/version"] for r in rows] == [1.0, 2.0, 3.0, 4.0]
     per_step = cfg.batch_size * cfg.rollout.samples_per_prompt * cfg.diffusion.trained_steps
     assert all(r["learner/denoising_steps"] == per_step for r in rows)
-    assert all(r["rollout/samples_per_s"] > 0 and "rollout/denoising_steps_per_s" in r for r in rows)
+    # a step's window may see no rollout finish (the next batch was already buffered): rates may be 0 in some rows
+    assert all("rollout/samples_per_s" in r and "rollout/denoising_steps_per_s" in r for r in rows)
+    assert sum(r["rollout/samples_per_s"] for r in rows) > 0
     assert summary["max_trained_staleness"] <= cfg.algo.max_staleness
     assert summary["eval_metric"] == "eval/reward" and summary["ledger"]["unaccounted"] == 0
 
