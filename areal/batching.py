@@ -99,12 +99,12 @@ class ChainBatcher:
                              "(diffusion.num_steps changed mid-run?)")
         prompts = tuple(c.prompt for c in chains)
         rewards = torch.tensor([c.reward for c in chains], dtype=torch.float64)
+        sizes = [len(g.trajectories) for g in groups]
         if self.tracker is not None:
-            advantages = centre_per_group(self.tracker.update(prompts, rewards), [len(g.trajectories) for g in groups])
+            advantages = centre_per_group(self.tracker.update(prompts, rewards), sizes)
         else:
-            per_group = rewards.reshape(len(groups), -1)
-            advantages = ((per_group - per_group.mean(1, keepdim=True)) /
-                          (per_group.std(1, unbiased=False, keepdim=True) + 1e-6)).reshape(-1)
+            advantages = torch.cat([(part - part.mean()) / (part.std(unbiased=False) + 1e-6)
+                                    for part in torch.split(rewards, sizes)])
         return ChainBatch(
             latents=torch.stack([c.latents for c in chains]),
             timesteps=torch.tensor([c.timesteps for c in chains], dtype=torch.long),

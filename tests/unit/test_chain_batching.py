@@ -64,6 +64,11 @@ def test_without_stat_tracking_each_group_is_normalised_alone():
     torch.testing.assert_close(batch.advantages, torch.tensor([-1.0, 1.0, 0.0, 0.0]), atol=1e-5, rtol=0)
 
 
+def test_groups_of_different_sizes_are_normalised_each_on_its_own_samples():
+    batch = ChainBatcher(None).build([group("cat", [1.0, 3.0]), group("dog", [0.0, 3.0, 6.0])])
+    torch.testing.assert_close(batch.advantages, torch.tensor([-1.0, 1.0, -1.2247, 0.0, 1.2247]), atol=1e-4, rtol=0)
+
+
 def test_text_groups_are_refused_by_the_chain_batcher():
     from areal.types import Trajectory
 
