@@ -16,28 +16,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.provenance import RESULTS, provenance, write_results  # noqa: E402
+from bench.training_run import train_and_read  # noqa: E402
 
 
 def run_one(model_path: str, balance: bool, steps: int, out_dir: Path) -> dict:
-    from launch.config_loader import load_config
-    from launch.train import train
-
-    overrides = [
-        "experiment=arith_tiny", f"model_path={model_path}", f"out_dir={out_dir}", f"total_steps={steps}",
-        f"controller.balance={str(balance).lower()}", "eval_every=0", "logging.wandb_mode=disabled",
-        "logging.tensorboard=false", "logging.progress=false",
-    ]
-    cfg, resolved = load_config(overrides)
-    shutil.rmtree(out_dir, ignore_errors=True)  # metrics and timeline files append
-    summary = train(cfg, resolved)
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    _, summary, rows = train_and_read([
+        "experiment=arith_tiny", f"model_path={model_path}", f"total_steps={steps}",
+        f"controller.balance={str(balance).lower()}", "eval_every=0",
+    ], out_dir)
     return {"summary": summary, "steps": [r for r in rows if "learner/loss" in r]}
 
 

@@ -16,27 +16,20 @@ reward of the sampled images against images trained.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.provenance import provenance, write_results  # noqa: E402
+from bench.training_run import train_and_read  # noqa: E402
 
 
 def run_one(model_path: str, eta: int, steps: int, out_dir: Path) -> dict:
-    from launch.config_loader import load_config
-    from launch.train import train
-
-    overrides = [
-        "experiment=ddpo_tiny", f"model_path={model_path}", f"out_dir={out_dir}", f"total_steps={steps}",
-        f"algo.max_staleness={eta}", "eval_every=0", "logging.wandb_mode=disabled", "logging.tensorboard=false",
-        "logging.progress=false",
-    ]
-    cfg, resolved = load_config(overrides)
-    summary = train(cfg, resolved)
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    cfg, summary, rows = train_and_read([
+        "experiment=ddpo_tiny", f"model_path={model_path}", f"total_steps={steps}", f"algo.max_staleness={eta}",
+        "eval_every=0",
+    ], out_dir)
     trained = [r for r in rows if "learner/loss" in r]
     per_step = cfg.batch_size * cfg.rollout.samples_per_prompt
     steady = trained[1:] or trained  # the first step includes start-up

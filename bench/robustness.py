@@ -24,27 +24,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.provenance import RESULTS, provenance, write_results  # noqa: E402
+from bench.training_run import train_and_read  # noqa: E402
 WORKERS, BYZANTINE_RANK, F = 5, 4, 1
 AGGREGATORS = ["mean", "flag", "coordinate_median", "trimmed_mean", "krum", "multi_krum", "geometric_median",
                "bulyan"]
 
 
 def run_one(model_path: str, aggregator: str, attack: str | None, steps: int, out_dir: Path) -> dict:
-    from launch.config_loader import load_config
-    from launch.train import train
-
     overrides = [
-        "experiment=arith_tiny", f"model_path={model_path}", f"out_dir={out_dir}", f"total_steps={steps}",
+        "experiment=arith_tiny", f"model_path={model_path}", f"total_steps={steps}",
         f"eval_every={max(1, steps // 6)}", f"learner.workers={WORKERS}", f"learner.aggregator={aggregator}",
-        "learner.num_cpus=0.25", "logging.wandb_mode=disabled", "logging.tensorboard=false", "logging.progress=false",
+        "learner.num_cpus=0.25",
     ]
     if aggregator != "mean":
         overrides.append(f"learner.aggregator_f={F}")
     if attack:
         overrides += [f"learner.byzantine.ranks=[{BYZANTINE_RANK}]", f"learner.byzantine.attack={attack}"]
-    cfg, resolved = load_config(overrides)
-    summary = train(cfg, resolved)
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    _, summary, rows = train_and_read(overrides, out_dir)
     exchange = [r["learner/exchange_seconds"] - r.get("learner/aggregation_attack_seconds", 0.0)
                 for r in rows if "learner/exchange_seconds" in r]
     return {
