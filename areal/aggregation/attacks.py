@@ -7,7 +7,8 @@ empires") compute them from the rows the attackers know: by default their own
 honest gradients only; with ``omniscient=True`` every worker's honest gradient,
 the stronger threat model those papers evaluate (and the only meaningful one
 with a single attacker, whose own rows have no spread). Randomness comes only
-from the given generator.
+from the given generator, on the generator's device (a CPU generator, the default, gives the same
+attack whatever device the gradients are on); the result is on the gradients' device.
 """
 
 from __future__ import annotations
@@ -24,9 +25,14 @@ def _std(rows: torch.Tensor) -> torch.Tensor:
     return rows.std(dim=0) if rows.shape[0] > 1 else torch.zeros_like(rows[0])
 
 
+def _draw(sampler, own: torch.Tensor, gen: torch.Generator, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``sampler`` (torch.rand / torch.randn) of own's shape drawn on the generator's device, moved to own's."""
+    return sampler(own.shape, generator=gen, dtype=dtype or own.dtype, device=gen.device).to(own.device)
+
+
 def random_uniform(own: torch.Tensor, gen: torch.Generator, known: torch.Tensor) -> torch.Tensor:
     """Each attacker sends U[0, 1)^d."""
-    return torch.rand(own.shape, generator=gen, dtype=own.dtype)
+    return _draw(torch.rand, own, gen)
 
 
 def reverse(own: torch.Tensor, gen: torch.Generator, known: torch.Tensor, scale: float = 10.0) -> torch.Tensor:
@@ -51,13 +57,13 @@ def fall_of_empires(own: torch.Tensor, gen: torch.Generator, known: torch.Tensor
 
 def gaussian_noise(own: torch.Tensor, gen: torch.Generator, known: torch.Tensor, std: float = 100.0) -> torch.Tensor:
     """Each attacker sends N(0, std^2 I) noise."""
-    return std * torch.randn(own.shape, generator=gen, dtype=own.dtype)
+    return std * _draw(torch.randn, own, gen)
 
 
 def dropped_coordinates(own: torch.Tensor, gen: torch.Generator, known: torch.Tensor,
                         fraction: float = 0.5) -> torch.Tensor:
     """Each attacker sends its own gradient with a random ``fraction`` of coordinates zeroed."""
-    keep = torch.rand(own.shape, generator=gen) >= fraction
+    keep = _draw(torch.rand, own, gen, torch.float32) >= fraction
     return own * keep.to(own.dtype)
 
 
@@ -91,7 +97,7 @@ def apply_attack(
     if not idx:
         return out
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    own = grads[idx].cpu()
-    sent = ATTACKS[name](own, gen, grads.cpu() if omniscient else own, **params)
+    own = grads[idx].to(gen.device)  # the attack runs where its randomness comes from
+    sent = ATTACKS[name](own, gen, grads.to(gen.device) if omniscient else own, **params)
     out[idx] = sent.to(device=grads.device, dtype=grads.dtype)
     return out

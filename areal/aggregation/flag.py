@@ -202,13 +202,13 @@ def flag_coefficients(
         raise ValueError(f"flag_coefficients: rescale must be None or 'median_norm', got {rescale!r}")
     norms = gram.diagonal().clamp_min(0).sqrt()
     live = norms > 0
-    coef = torch.zeros(n, dtype=torch.float64)
+    coef = torch.zeros(n, dtype=torch.float64, device=gram.device)
     if not bool(live.any()):
         return coef
     inv = 1.0 / norms[live]
     coords, basis = _span_coordinates(gram[live][:, live] * inv[:, None] * inv[None, :], eps)
     # coords coords^T = diag(S): the principal directions are unit vectors in span coordinates
-    start = torch.eye(coords.shape[0], dtype=torch.float64)[:, torch.argsort(
+    start = torch.eye(coords.shape[0], dtype=torch.float64, device=gram.device)[:, torch.argsort(
         (coords**2).sum(dim=1), descending=True)[: min(m, coords.shape[0])]]
     u, proj = _irls(coords, start, start.T @ coords, m, lam, iters)
     coef[live] = (basis @ (u @ proj.sum(dim=1))) * inv / m

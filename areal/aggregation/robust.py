@@ -63,7 +63,7 @@ def krum_scores(dist: torch.Tensor, f: int) -> torch.Tensor:
     """score_i = sum of the n - f - 1 smallest ||g_i - g_j||^2 over j != i, from a distance matrix."""
     n = dist.shape[0]
     k = max(n - f - 1, 0)
-    others = dist + torch.diag(torch.full((n,), float("inf"), dtype=dist.dtype))
+    others = dist + torch.diag(torch.full((n,), float("inf"), dtype=dist.dtype, device=dist.device))
     return others.sort(dim=1).values[:, :k].sum(dim=1)
 
 
@@ -132,19 +132,20 @@ def geometric_median(
 
 
 # -- the same rules from the Gram matrix alone (for aggregation over buckets) --------------------
-# Each returns coefficients c [n] (float64) with aggregate = g^T c, so a rank can apply the rule to
-# one bucket of coordinates at a time after accumulating G = g g^T over all buckets.
+# Each returns coefficients c [n] (float64, on the Gram matrix's device) with aggregate = g^T c, so a
+# rank can apply the rule to one bucket of coordinates at a time after accumulating G = g g^T over all
+# buckets.
 
 
 def mean_coefficients(gram: torch.Tensor, f: int = 0) -> torch.Tensor:
     """c_i = 1/n."""
-    return torch.full((gram.shape[0],), 1.0 / gram.shape[0], dtype=torch.float64)
+    return torch.full((gram.shape[0],), 1.0 / gram.shape[0], dtype=torch.float64, device=gram.device)
 
 
 def krum_coefficients(gram: torch.Tensor, f: int = 0) -> torch.Tensor:
     """One-hot on the lowest Krum score (as ``krum``)."""
     scores = krum_scores(sq_distances_from_gram(gram.double()), f)
-    coef = torch.zeros(gram.shape[0], dtype=torch.float64)
+    coef = torch.zeros(gram.shape[0], dtype=torch.float64, device=gram.device)
     coef[int(torch.argmin(scores))] = 1.0
     return coef
 
@@ -153,7 +154,7 @@ def multi_krum_coefficients(gram: torch.Tensor, f: int = 0) -> torch.Tensor:
     """1/(n - f - 2) on the n - f - 2 lowest Krum scores (as ``multi_krum``)."""
     n = gram.shape[0]
     scores = krum_scores(sq_distances_from_gram(gram.double()), f)
-    coef = torch.zeros(n, dtype=torch.float64)
+    coef = torch.zeros(n, dtype=torch.float64, device=gram.device)
     coef[torch.argsort(scores, stable=True)[: n - f - 2]] = 1.0 / (n - f - 2)
     return coef
 
@@ -165,7 +166,7 @@ def geometric_median_coefficients(
     ||g_i - z||^2 = G_ii - 2 (G c)_i + c^T G c, so no d-dimensional vector is formed."""
     gram = gram.double()
     n = gram.shape[0]
-    coef = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    coef = torch.full((n,), 1.0 / n, dtype=torch.float64, device=gram.device)
     for _ in range(max_iter):
         gc = gram @ coef
         dist = (gram.diagonal() - 2 * gc + coef @ gc).clamp_min(0).sqrt()

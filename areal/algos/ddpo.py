@@ -115,7 +115,9 @@ def ddim_step_with_logprob(
 
     if prev_sample is None:
         if noise is None:
-            noise = torch.randn(model_output.shape, generator=generator, dtype=model_output.dtype)
+            # drawn on the generator's device (a cuda generator cannot fill a CPU tensor), used on the output's
+            noise = torch.randn(model_output.shape, generator=generator, dtype=model_output.dtype,
+                                device=generator.device if generator is not None else "cpu")
         prev_sample = mean + std * noise.to(model_output.device)
 
     log_prob = -((prev_sample.detach() - mean) ** 2) / (2 * std**2) - torch.log(std) - LOG_SQRT_2PI

@@ -148,7 +148,9 @@ class DiffusionPolicy:
         denoiser = denoiser or self.unet
         if self.guidance_scale <= 1:
             return self._denoise(denoiser, latents, timesteps, cond)
-        null = self.null.expand(latents.shape[0], *self.null.shape[1:])
+        # in the conditioning's dtype: a bf16 learner casts text embeddings to bf16, and torch.cat would
+        # otherwise widen the pair back to the float32 of the null embedding
+        null = self.null.to(cond.dtype).expand(latents.shape[0], *self.null.shape[1:])
         both = self._denoise(denoiser, torch.cat([latents, latents]), torch.cat([timesteps, timesteps]),
                              torch.cat([null, cond]))
         uncond, conditioned = both.chunk(2)
