@@ -17,6 +17,8 @@ def test_a_hung_call_names_the_actor_the_call_and_the_setting(ray_session):
             return seconds
 
     quick, stuck = Sleeper.remote(), Sleeper.remote()
+    # both actors up first: on a loaded machine starting one can take longer than the 1 s deadline below
+    assert ray.get([quick.nap.remote(0.0), stuck.nap.remote(0.0)], timeout=120) == [0.0, 0.0]
     start = time.monotonic()
     with pytest.raises(RemoteCallTimeout) as err:
         wait_all([quick.nap.remote(0.0), stuck.nap.remote(30.0)], 1.0, "load_weights(version 3)",
