@@ -36,16 +36,18 @@ class DDPOLearner(DeepSpeedLearner):
                                       guidance_scale=diffusion.guidance_scale, lora_rank=diffusion.lora_rank,
                                       lora_alpha=diffusion.lora_alpha, device="cuda" if use_cuda() else "cpu")
         self.trainable = sorted(self.policy.trainable_names())
-        super().__init__(self.policy.unet, cfg, rdv, seed, total_updates,
-                         grad_accumulation=diffusion.trained_steps)
+        if cfg.gradient_checkpointing:
+            self.policy.unet.enable_gradient_checkpointing()
+        super().__init__(self.policy.unet, cfg, rdv, seed, total_updates)
 
     # -- training ---------------------------------------------------------
-    def step_logprobs(self, batch: ChainBatch, positions: torch.Tensor, cond) -> torch.Tensor:
-        """log p(x_{k+1} | x_k) under the current weights at step index ``positions[i]`` of chain i: [N]."""
-        rows = torch.arange(len(batch))
+    def step_logprobs(self, batch: ChainBatch, rows: torch.Tensor, positions: torch.Tensor, cond) -> torch.Tensor:
+        """log p(x_{k+1} | x_k) under the current weights at step index ``positions[i]`` of chain ``rows[i]``."""
         x_t = batch.latents[rows, positions].to(self.device)
         x_prev = batch.latents[rows, positions + 1].to(self.device)
         t = batch.timesteps[rows, positions].to(self.device)
+        if cond is not None:
+            cond = cond[rows.to(cond.device)]
         dtype = next(self.engine.module.parameters()).dtype  # bf16 when DeepSpeed trains in bf16 on a GPU
         if cond is not None and cond.is_floating_point():
             cond = cond.to(dtype)
@@ -53,6 +55,13 @@ class DDPOLearner(DeepSpeedLearner):
         _, logp = ddim_step_with_logprob(self.policy.scheduler, eps, t, x_t, eta=self.diffusion.eta,
                                          prev_sample=x_prev)
         return logp.float()
+
+    def forwards(self, rows: torch.Tensor) -> list[tuple[torch.Tensor, float]]:
+        """``rows`` in groups of at most ``diffusion.images_per_forward`` chains, each with its loss weight; as
+        many groups on every rank (fillers weigh 0), since ZeRO-2/3 make each forward and backward a collective."""
+        groups = [(g, 1.0) for g in rows.split(self.diffusion.images_per_forward or max(len(rows), 1)) if len(g)]
+        count = self.agreed_count(len(groups))
+        return groups + [(groups[0][0][:1], 0.0)] * (count - len(groups))
 
     def train_step(self, batch: ChainBatch) -> dict[str, float]:
         """One policy update: choose each chain's trained steps, score them under the proximal policy, then
@@ -65,34 +74,51 @@ class DDPOLearner(DeepSpeedLearner):
             raise ValueError(f"chains of {steps} steps, but diffusion.num_steps = {self.diffusion.num_steps}: the "
                              "sampler and the learner must use the same schedule")
         chosen = torch.stack([torch.randperm(steps)[:k] for _ in range(n)])  # [N, k], learner's RNG
-        rows = torch.arange(n)[:, None]
-        behavior = batch.behavior_logprobs[rows, chosen].to(self.device)  # [N, k]
+        behavior = batch.behavior_logprobs[torch.arange(n)[:, None], chosen].to(self.device)  # [N, k]
         cond = self.policy.condition(list(batch.prompts))
-        with torch.no_grad():  # the proximal policy: these weights, before this update (AReaL §5.2)
-            proximal = (torch.stack([self.step_logprobs(batch, chosen[:, j], cond) for j in range(k)], dim=1)
-                        if self.algo.decoupled else behavior)
+        proximal = self.proximal_logprobs(batch, chosen, cond) if self.algo.decoupled else behavior
         advantages = batch.advantages.to(self.device).clamp(-self.diffusion.adv_clip_max, self.diffusion.adv_clip_max)
 
         stats: dict[str, list[float]] = {}
         for part in torch.tensor_split(torch.arange(n), self.cfg.minibatches):
             if len(part) == 0:
                 continue
-            mb = batch.select(part)
-            mb_cond = None if cond is None else cond[part.to(cond.device)]
-            for j in range(k):
-                current = self.step_logprobs(mb, chosen[part, j], mb_cond)
-                loss, info = self.loss(current, proximal[part, j], behavior[part, j], advantages[part])
-                # backward scales by 1/k: the update averages over the trained steps; the optimizer steps
-                # (and ranks combine gradients) at the accumulation boundary, the last chosen step
-                self.backward_and_step(loss, stats, boundary=j == k - 1)
-                for key in ("clip_fraction", "approx_kl", "behavior_weight_mean", "dropped_fraction"):
-                    if key in info:
-                        stats.setdefault(key, []).append(float(info[key]))
+            self.train_minibatch(batch, part, chosen, cond, (proximal, behavior, advantages), stats)
+            self.optimizer_step(stats)
         return self.finish_update(stats, start, {
             "learner/behavior_proximal_kl": float((behavior - proximal).mean()),
             "learner/advantage_abs_mean": float(advantages.abs().mean()),
             "learner/denoising_steps": float(n * k),
         })
+
+    @torch.no_grad()
+    def proximal_logprobs(self, batch: ChainBatch, chosen: torch.Tensor, cond) -> torch.Tensor:
+        """[N, k] log-probs of the chosen steps under these weights, before this update (AReaL §5.2)."""
+        out = torch.empty(chosen.shape, device=self.device)
+        for rows, _ in self.forwards(torch.arange(len(batch))):
+            for j in range(chosen.shape[1]):
+                out[rows.to(self.device), j] = self.step_logprobs(batch, rows, chosen[rows, j], cond)
+        return out
+
+    def train_minibatch(self, batch: ChainBatch, part: torch.Tensor, chosen: torch.Tensor, cond, inputs: tuple,
+                        stats: dict) -> None:
+        """Backward passes over ``part``'s chosen steps, one forward per (group of chains, step); each loss is
+        scaled by its share of the minibatch's chains and steps, so the accumulated gradient is the mean over
+        all of them (one denoiser graph alive at a time, which is what lets large pipelines train)."""
+        proximal, behavior, advantages = inputs
+        k = chosen.shape[1]
+        for rows, weight in self.forwards(part):
+            on_device = rows.to(self.device)
+            scale = weight * len(rows) / len(part) / k
+            for j in range(k):
+                current = self.step_logprobs(batch, rows, chosen[rows, j], cond)
+                loss, info = self.loss(current, proximal[on_device, j], behavior[on_device, j], advantages[on_device])
+                self.engine.backward(loss * scale)
+                if weight:
+                    stats.setdefault("loss", []).append(float(loss.detach()))
+                    for key in ("clip_fraction", "approx_kl", "behavior_weight_mean", "dropped_fraction"):
+                        if key in info:
+                            stats.setdefault(key, []).append(float(info[key]))
 
     def loss(self, current, proximal, behavior, advantages) -> tuple[torch.Tensor, dict]:
         """DDPO-IS for one step of each chain: against the proximal policy with behaviour weights (decoupled),

@@ -39,10 +39,9 @@ def mean(values: list[float]) -> float:
 class DeepSpeedLearner(abc.ABC):
     """One data-parallel rank of a learner group (DESIGN.md "Learner")."""
 
-    def __init__(self, model: torch.nn.Module, cfg: LearnerConfig, rdv: Rendezvous, seed: int, total_updates: int,
-                 grad_accumulation: int = 1):
+    def __init__(self, model: torch.nn.Module, cfg: LearnerConfig, rdv: Rendezvous, seed: int, total_updates: int):
         self.cfg, self.rdv = cfg, rdv
-        self.engine = make_engine(model, cfg, rdv, total_updates, grad_accumulation)
+        self.engine = make_engine(model, cfg, rdv, total_updates)
         self.exchange = GradientExchange(self.engine, cfg, rdv, seed)
         self.device = self.engine.device
         self.version = 0
@@ -60,18 +59,26 @@ class DeepSpeedLearner(abc.ABC):
         """The files a rollout backend loads to run ``state`` (flat names)."""
 
     # -- one update -------------------------------------------------------
-    def backward_and_step(self, loss: torch.Tensor, stats: dict[str, list[float]], boundary: bool = True) -> None:
-        """Backward, then (at an accumulation boundary) combine gradients across ranks, and step: DeepSpeed
-        takes an optimizer step only at the boundary. Loss, exchange timings and grad norm go to ``stats``."""
-        self.engine.backward(loss)
-        if boundary:
-            for key, value in self.exchange.combine().items():
-                stats.setdefault(key, []).append(value)
+    def optimizer_step(self, stats: dict[str, list[float]]) -> None:
+        """After a minibatch's backward passes: combine gradients across ranks, then one optimizer step.
+        Exchange timings and the grad norm go to ``stats``."""
+        for key, value in self.exchange.combine().items():
+            stats.setdefault(key, []).append(value)
+        started = time.perf_counter()
         self.engine.step()
-        stats.setdefault("loss", []).append(float(loss.detach()))
-        grad_norm = self.engine.get_global_grad_norm() if boundary else None
+        stats.setdefault("optimizer_seconds", []).append(time.perf_counter() - started)
+        grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:
             stats.setdefault("grad_norm", []).append(float(grad_norm))
+
+    def agreed_count(self, count: int) -> int:
+        """The largest ``count`` over the data-parallel ranks (each forward and backward is a collective under
+        ZeRO-2/3, so ranks run the same number of them)."""
+        if self.rdv.world_size == 1:
+            return count
+        value = torch.tensor([count], dtype=torch.long, device=self.device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return int(value.item())
 
     def finish_update(self, stats: dict[str, list[float]], started: float, extra: dict[str, float]) -> dict:
         """The new version's ``learner/*`` stats: means of what was recorded, plus ``extra``."""

@@ -43,17 +43,28 @@ def init_process_group(rdv: Rendezvous) -> None:
         deepspeed.init_distributed(dist_backend="nccl" if use_cuda() else "gloo")
 
 
-def deepspeed_config(cfg: LearnerConfig, world_size: int, grad_accumulation: int = 1) -> dict:
-    """The DeepSpeed JSON config: one optimizer step per ``grad_accumulation`` backward passes (each followed by
-    ``engine.step()``, which steps only at the accumulation boundary)."""
+def deepspeed_config(cfg: LearnerConfig, world_size: int) -> dict:
+    """The DeepSpeed JSON config. The learner owns gradient accumulation: a minibatch takes as many backward
+    passes as its token budget needs (``learner.max_tokens_per_mb``), each loss already normalised for the whole
+    minibatch, and ``engine.step()`` after the last one is the boundary (DeepSpeed's unmanaged accumulation)."""
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": use_cuda()}
+    if cfg.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": use_cuda()}
     config = {
         "train_micro_batch_size_per_gpu": 1,
-        "gradient_accumulation_steps": grad_accumulation,
-        "train_batch_size": world_size * grad_accumulation,
-        "zero_optimization": {"stage": cfg.zero_stage},
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": world_size,
+        "managed_gradient_accumulation": False,
+        "zero_optimization": zero,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if cfg.offload_optimizer or cfg.offload_params:
+        # the torch AdamW below steps the fp32 master weights on the CPU; DeepSpeed's own CPU Adam would be
+        # faster but JIT-builds for ~90 s on first use, so it is not forced
+        config["zero_force_ds_cpu_optimizer"] = False
     if cfg.grad_clip > 0:
         config["gradient_clipping"] = cfg.grad_clip
     if use_cuda() and not cfg.gathers_gradients:
@@ -78,8 +89,7 @@ def lr_factor(cfg: LearnerConfig, total_updates: int):
     return factor
 
 
-def make_engine(model: torch.nn.Module, cfg: LearnerConfig, rdv: Rendezvous, total_updates: int = 1,
-                grad_accumulation: int = 1):
+def make_engine(model: torch.nn.Module, cfg: LearnerConfig, rdv: Rendezvous, total_updates: int = 1):
     """Wrap ``model`` in a DeepSpeed engine with a plain torch AdamW and the configured LR schedule.
 
     A torch optimizer avoids JIT-building DeepSpeed's fused CPU Adam (~70 s on CPU).
@@ -92,7 +102,7 @@ def make_engine(model: torch.nn.Module, cfg: LearnerConfig, rdv: Rendezvous, tot
                                   weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total_updates))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
-                                      config=deepspeed_config(cfg, rdv.world_size, grad_accumulation))
+                                      config=deepspeed_config(cfg, rdv.world_size))
     return engine
 
 

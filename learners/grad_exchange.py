@@ -63,8 +63,10 @@ class GradientExchange:
         info: dict[str, float] = {}
         if self.robust is None:
             if self.cfg.zero_stage != 0:
-                return {}  # DeepSpeed reduced inside backward; nothing left to do or to time
-            self.engine.allreduce_gradients()
+                return {}  # DeepSpeed reduces inside backward or step; nothing left to do or to time
+            # the mean all-reduce itself: allreduce_gradients() would skip it, as outside engine.step() this
+            # is not an accumulation boundary when the learner owns accumulation
+            self.engine.buffered_allreduce_fallback()
         else:
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
             flat = torch.cat([g.reshape(-1) for g in grads])

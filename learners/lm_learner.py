@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from areal.algos import decoupled_ppo_loss
+from areal.algos import chunked_token_logprobs, decoupled_ppo_loss
 from areal.config import AlgoConfig, LearnerConfig
+from areal.packing import MicroBatch, make_micro_batches, pad_to_count
 from areal.types import TrainBatch
 from learners.deepspeed_learner import DeepSpeedLearner
 from learners.deepspeed_setup import Rendezvous, use_cuda
@@ -28,8 +29,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float) -> torch.Tensor:
     """log pi(token_t | tokens_<t) at every position t >= 1 of [B, T]; position 0 is 0.
 
-    Logits are divided by the sampling temperature so the learner scores the
-    distribution the engine sampled from.
+    The reference computation: full float32 logits of every row and position at once
+    (``learner.packing=false`` with ``learner.logprob_chunk_tokens=0``). Logits are divided
+    by the sampling temperature so the learner scores the distribution the engine sampled from.
     """
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float() / temperature
     picked = logits.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
@@ -37,8 +39,30 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return torch.nn.functional.pad(logp, (1, 0))
 
 
+def causal_lm_parts(model) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(decoder, LM head) of a Hugging Face causal LM whose logits are ``head(decoder(...))``."""
+    head, decoder = model.get_output_embeddings(), model.get_decoder()
+    if head is None or decoder is model:
+        raise ValueError(f"{type(model).__name__}: no separate decoder and LM head; chunked log-probs need both "
+                         "(set learner.logprob_chunk_tokens=0 and learner.packing=false)")
+    for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+        if getattr(model.config, key, None) not in (None, 1.0):
+            raise ValueError(f"{type(model).__name__}: config.{key} transforms the logits after the LM head, which "
+                             "chunked log-probs do not apply (set learner.logprob_chunk_tokens=0 and "
+                             "learner.packing=false)")
+    return decoder, head
+
+
+PPO_STATS = ("clip_fraction", "dual_clip_fraction", "dropped_fraction", "behavior_weight_mean", "approx_kl")
+
+
 class LMLearner(DeepSpeedLearner):
-    """PPO/GRPO learner for Hugging Face causal LMs (DESIGN.md "Learner")."""
+    """PPO/GRPO learner for Hugging Face causal LMs (DESIGN.md "Learner").
+
+    Every pass over a batch (the proximal log-probs and each minibatch's update) runs in
+    token-budget micro-batches (``areal.packing``); log-probs come from the decoder's hidden
+    states through the chunked LM head (``areal.algos.chunked_token_logprobs``).
+    """
 
     def __init__(
         self,
@@ -57,13 +81,50 @@ class LMLearner(DeepSpeedLearner):
         self.model_path = Path(model_path)
         dtype = torch.bfloat16 if use_cuda() and not cfg.gathers_gradients else torch.float32
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         super().__init__(model, cfg, rdv, seed, total_updates)
+        self.reference_path = not cfg.packing and cfg.logprob_chunk_tokens == 0
+        if not self.reference_path:
+            decoder, self.head = causal_lm_parts(self.engine.module)
+            decoder.register_forward_hook(self._keep_hidden)
+            self._hidden: torch.Tensor | None = None
+            self._no_logits = torch.zeros(0, dtype=torch.long, device=self.device)
+
+    def _keep_hidden(self, module, args, output) -> None:
+        self._hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+    # -- log-probs ----------------------------------------------------------
+    def micro_batches(self, batch: TrainBatch, rows) -> list[MicroBatch]:
+        """``rows`` of ``batch`` in forwards of at most ``learner.max_tokens_per_mb`` tokens, as many on every rank."""
+        mbs = make_micro_batches(batch.input_ids, batch.attention_mask, batch.loss_mask, rows,
+                                 self.cfg.max_tokens_per_mb, packed=self.cfg.packing)
+        return pad_to_count(mbs, self.agreed_count(len(mbs)))
+
+    def logprobs(self, mb: MicroBatch, width: int) -> torch.Tensor:
+        """Log-probs of ``mb``'s scored tokens under the current weights, as [k, width] rows (0 elsewhere)."""
+        mb = mb.to(self.device)
+        if self.reference_path:
+            full = token_logprobs(self.engine, mb.input_ids, mb.attention_mask, self.temperature)
+            return mb.scatter(full.reshape(-1)[mb.predictors + 1], width)
+        # through the engine, whose forward hooks ZeRO-3 needs; the model's own head runs on no position,
+        # and the decoder's output (the final hidden states) is taken by the hook above
+        self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
+                    use_cache=False, logits_to_keep=self._no_logits)
+        hidden, self._hidden = self._hidden, None
+        hidden = hidden.reshape(-1, hidden.shape[-1])[mb.predictors]
+        return mb.scatter(chunked_token_logprobs(hidden, self.head, mb.targets, self.temperature,
+                                                 self.cfg.logprob_chunk_tokens), width)
+
+    @torch.no_grad()
+    def batch_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        """[B, T] log-probs of every scored token of ``batch`` (no grad), micro-batch by micro-batch."""
+        out = torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=self.device)
+        for mb in self.micro_batches(batch, range(len(batch))):
+            out[mb.rows.to(self.device)] = self.logprobs(mb, out.shape[1])
+        return out
 
     # -- training ---------------------------------------------------------
-    def _logprobs(self, batch: TrainBatch) -> torch.Tensor:
-        return token_logprobs(self.engine, batch.input_ids.to(self.device), batch.attention_mask.to(self.device),
-                              self.temperature)
-
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         """One policy update from this rank's rows: proximal logprobs, then ``minibatches`` optimizer steps."""
         start = time.perf_counter()
@@ -71,36 +132,55 @@ class LMLearner(DeepSpeedLearner):
         behavior = batch.behavior_logprobs.to(self.device)
         mask = batch.loss_mask.to(self.device)
         # Stage 1: the proximal policy is the weights at the start of this step (AReaL §5.2).
-        with torch.no_grad():
-            proximal = self._logprobs(batch) if self.algo.decoupled else behavior
+        proximal = self.batch_logprobs(batch) if self.algo.decoupled else behavior
         mismatch = ((behavior - proximal) * mask).sum() / mask.sum().clamp_min(1)
+        proximal_seconds = time.perf_counter() - start
 
         # Stage 2: clipped decoupled objective, one optimizer step per minibatch.
         stats: dict[str, list[float]] = {}
-        rows = torch.arange(batch.input_ids.shape[0])
-        for part in torch.tensor_split(rows, self.cfg.minibatches):
+        forwards = {"tokens": 0, "positions": 0, "count": 0}
+        inputs = (proximal, behavior if self.algo.decoupled else proximal, batch.advantages.to(self.device), mask)
+        for part in torch.tensor_split(torch.arange(len(batch)), self.cfg.minibatches):
             if len(part) == 0:
                 continue
-            mb = batch.select(part)
-            current = self._logprobs(mb)
+            self.train_minibatch(batch, part, inputs, stats, forwards)
+            self.optimizer_step(stats)
+        return self.finish_update(stats, start, {
+            "learner/behavior_proximal_kl": float(mismatch),
+            "learner/tokens": float(mask.sum()),
+            "learner/proximal_seconds": proximal_seconds,
+            "learner/micro_batches": float(forwards["count"]),
+            "learner/padding_fraction": 1.0 - forwards["tokens"] / max(forwards["positions"], 1),
+        })
+
+    def train_minibatch(self, batch: TrainBatch, part: torch.Tensor, inputs: tuple, stats: dict, forwards: dict):
+        """Backward passes over ``part``'s micro-batches; each loss is divided by the whole minibatch's token count
+        (``algo`` objective, ALGORITHMS.md §2), so the accumulated gradient is the minibatch's."""
+        proximal, behavior, advantages, mask = inputs
+        denominator = float(mask[part.to(self.device)].sum().clamp_min(1))
+        sums = dict.fromkeys(("loss",) + PPO_STATS, 0.0)
+        for mb in self.micro_batches(batch, part):
+            rows = mb.rows.to(self.device)
+            current = self.logprobs(mb, mask.shape[1])
             loss, info = decoupled_ppo_loss(
-                current,
-                proximal[part],
-                behavior[part] if self.algo.decoupled else proximal[part],
-                mb.advantages.to(self.device),
-                mask[part],
+                current, proximal[rows], behavior[rows], advantages[rows], mask[rows],
                 eps_clip=self.algo.eps_clip,
                 eps_clip_high=self.algo.eps_clip_high,
                 dual_clip=self.algo.dual_clip,
                 behavior_weight_cap=self.algo.behavior_weight_cap if self.algo.decoupled else None,
                 level=self.algo.level,
+                denominator=denominator,
             )
-            self.backward_and_step(loss, stats)
-            for key in ("clip_fraction", "dual_clip_fraction", "dropped_fraction", "behavior_weight_mean",
-                        "approx_kl"):
-                stats.setdefault(key, []).append(float(info[key]))
-        return self.finish_update(stats, start, {"learner/behavior_proximal_kl": float(mismatch),
-                                                 "learner/tokens": float(mask.sum())})
+            self.engine.backward(loss * mb.weight)
+            share = float(mask[rows].sum()) / denominator * mb.weight  # the stats are means over mb's tokens
+            sums["loss"] += float(loss.detach()) * mb.weight
+            for key in PPO_STATS:
+                sums[key] += float(info[key]) * share
+            forwards["tokens"] += mb.tokens
+            forwards["positions"] += mb.positions
+            forwards["count"] += 1
+        for key, value in sums.items():
+            stats.setdefault(key, []).append(value)
 
     # -- weights ----------------------------------------------------------
     def save_model(self, path: Path, state: dict[str, torch.Tensor]) -> None:

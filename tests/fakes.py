@@ -63,25 +63,32 @@ class FakeTask(Task):
         return 1.0 if completion == sample.reference else 0.0
 
 
-def random_lm_batch(model, seeds: list[int], prompt_len: int = 4, completion_len: int = 3, samples: int = 4):
+def random_lm_batch(model, seeds: list[int], prompt_len: int = 4, completion_len: int = 3, samples: int = 4,
+                    varied: bool = False):
     """A GRPO train batch of one group per seed: random token prompts and completions, rewards 0/1
-    alternating, behaviour logprobs scored by ``model`` (so the batch is on-policy for it)."""
+    alternating, behaviour logprobs scored by ``model`` on its own device (so the batch is on-policy for it).
+    ``varied``: prompt and completion lengths drawn up to the given ones instead of fixed."""
     import torch
 
     from areal.batching import build_train_batch
     from areal.types import Trajectory, TrajectoryGroup
     from learners.lm_learner import token_logprobs
 
+    device = next(model.parameters()).device
     groups = []
     for seed in seeds:
         gen = torch.Generator().manual_seed(seed)
-        prompt = tuple(torch.randint(10, 100, (prompt_len,), generator=gen).tolist())
+
+        def length(most):
+            return int(torch.randint(1, most + 1, (1,), generator=gen)) if varied else most
+
+        prompt = tuple(torch.randint(10, 100, (length(prompt_len),), generator=gen).tolist())
         trajs = []
         for i in range(samples):
-            completion = tuple(torch.randint(10, 100, (completion_len,), generator=gen).tolist())
-            ids = torch.tensor([prompt + completion])
+            completion = tuple(torch.randint(10, 100, (length(completion_len),), generator=gen).tolist())
+            ids = torch.tensor([prompt + completion], device=device)
             with torch.no_grad():
-                lp = token_logprobs(model, ids, torch.ones_like(ids), 1.0)[0, prompt_len:]
-            trajs.append(Trajectory(prompt, completion, tuple(lp.tolist()), (0,) * completion_len, float(i % 2)))
+                lp = token_logprobs(model, ids, torch.ones_like(ids), 1.0)[0, len(prompt):]
+            trajs.append(Trajectory(prompt, completion, tuple(lp.tolist()), (0,) * len(completion), float(i % 2)))
         groups.append(TrajectoryGroup(str(seed), tuple(trajs), 0))
     return build_train_batch(groups, "grpo", pad_id=0)

@@ -26,6 +26,9 @@ class DiffusionConfig:
     """Chains one sampler steps together (its continuous-batching width)."""
     timestep_fraction: float = 1.0
     """Fraction of each chain's steps trained per update (sampled per chain; DDPO's timestep subsampling)."""
+    images_per_forward: int = 0
+    """The DDPO learner's micro-batch: chains per denoiser forward (each for one timestep); 0 = a whole
+    minibatch. Gradients accumulate across forwards, so the update does not change, only its peak memory."""
     adv_clip_max: float = 5.0
     """Advantages are clipped to [-adv_clip_max, adv_clip_max]."""
     per_prompt_stats: bool = True
@@ -48,6 +51,8 @@ class DiffusionConfig:
         require(self.max_batch >= 1, "diffusion.max_batch", self.max_batch, "an int >= 1")
         require(0 < self.timestep_fraction <= 1, "diffusion.timestep_fraction", self.timestep_fraction,
                 "a fraction in (0, 1]")
+        require(self.images_per_forward >= 0, "diffusion.images_per_forward", self.images_per_forward,
+                "an int >= 0 (0 = a whole minibatch)")
         require(self.adv_clip_max > 0, "diffusion.adv_clip_max", self.adv_clip_max, "a positive float")
         require(1 <= self.stat_min_count <= self.stat_buffer_size, "diffusion.stat_min_count", self.stat_min_count,
                 f"an int in [1, diffusion.stat_buffer_size = {self.stat_buffer_size}]")

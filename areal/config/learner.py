@@ -43,6 +43,23 @@ class LearnerConfig:
     """Optimizer steps per train batch; the proximal policy is the weights before the first."""
     zero_stage: int = 0
     """DeepSpeed ZeRO stage 0-3."""
+    max_tokens_per_mb: int = 16384
+    """Tokens in one forward (the proximal pass and training alike); a minibatch takes as many forwards as it
+    needs and accumulates their gradients into one optimizer step. A longer single sequence gets its own."""
+    packing: bool = True
+    """Pack whole sequences into rows without padding (positions restart per sequence, attention stays inside
+    each); false = right-padded rows, each forward padded to its longest."""
+    logprob_chunk_tokens: int = 1024
+    """The LM head and log-softmax run over this many tokens at a time and are recomputed in backward, so
+    [tokens, vocab] logits never exist beyond one chunk. 0 = all logits at once (with packing=false: the
+    full-logits path over padded rows, kept as the reference)."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in backward instead of keeping them (transformers' / diffusers'
+    gradient checkpointing): about a third more compute for a fraction of the activation memory."""
+    offload_optimizer: bool = False
+    """Keep optimizer state (and fp32 master weights) in CPU memory and step there (ZeRO-Offload; stage >= 1)."""
+    offload_params: bool = False
+    """Keep parameters in CPU memory between uses (ZeRO-Infinity; stage 3)."""
     num_cpus: float = 1.0
     """Ray CPUs per learner actor."""
     num_gpus: float = 0.0
@@ -81,6 +98,13 @@ class LearnerConfig:
         require(self.grad_clip >= 0, "learner.grad_clip", self.grad_clip, "a float >= 0 (0 = off)")
         require(self.minibatches >= 1, "learner.minibatches", self.minibatches, "an int >= 1")
         require(self.zero_stage in (0, 1, 2, 3), "learner.zero_stage", self.zero_stage, "0, 1, 2 or 3")
+        require(self.max_tokens_per_mb >= 1, "learner.max_tokens_per_mb", self.max_tokens_per_mb, "an int >= 1")
+        require(self.logprob_chunk_tokens >= 0, "learner.logprob_chunk_tokens", self.logprob_chunk_tokens,
+                "an int >= 0 (0 = no chunking)")
+        require(not self.offload_optimizer or self.zero_stage >= 1, "learner.offload_optimizer",
+                self.offload_optimizer, "false with learner.zero_stage=0 (optimizer offload needs ZeRO stage 1-3)")
+        require(not self.offload_params or self.zero_stage == 3, "learner.offload_params", self.offload_params,
+                "false unless learner.zero_stage=3 (parameter offload needs ZeRO-3)")
         require(self.warmup_steps >= 0, "learner.warmup_steps", self.warmup_steps, "an int >= 0")
         require(self.lr_decay in ("constant", "cosine"), "learner.lr_decay", self.lr_decay, "constant or cosine")
         require(self.aggregator in AGGREGATORS, "learner.aggregator", self.aggregator,

@@ -1,0 +1,54 @@
+"""Token log-probabilities from hidden states without holding [tokens, vocab] logits beyond one chunk.
+
+For a 151,936-token vocabulary the float32 logits of a training batch dwarf the
+model (64 x 1,791 tokens: 65 GiB). The LM head and the log-softmax therefore run
+over ``chunk_tokens`` positions at a time; under autograd each chunk is
+checkpointed, so its logits are freed after the forward and recomputed, one
+chunk at a time, in the backward pass. Values and gradients equal the full-logits
+computation up to float rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+
+def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: Callable, temperature: float) -> torch.Tensor:
+    """log softmax(head(h) / T)[target] for one chunk, in float32 whatever the model's dtype."""
+    logits = head(hidden).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def chunked_token_logprobs(hidden: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], targets: torch.Tensor,
+                           temperature: float = 1.0, chunk_tokens: int = 1024) -> torch.Tensor:
+    """log pi(target_i | h_i) = z_i[target_i] - logsumexp_v z_iv with z_i = head(h_i) / T, for hidden [n, H]
+    and targets [n]; returns float32 [n].
+
+    ``head`` is the model's output layer (a module, so parameter hooks such as ZeRO-3's
+    gather fire on every recomputation). At most ``chunk_tokens`` rows of logits exist at
+    once, in the forward pass and (recomputed) in the backward pass; ``chunk_tokens=0``
+    computes all rows in one chunk and keeps them for backward (no recomputation).
+    """
+    if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
+        raise ValueError(f"chunked_token_logprobs: need hidden [n, H] and targets [n], got {tuple(hidden.shape)} "
+                         f"and {tuple(targets.shape)}")
+    if chunk_tokens < 0:
+        raise ValueError(f"chunked_token_logprobs: chunk_tokens must be >= 0 (0 = one chunk), got {chunk_tokens}")
+    if not temperature > 0:
+        raise ValueError(f"chunked_token_logprobs: temperature must be > 0, got {temperature}")
+    if chunk_tokens == 0:
+        return _chunk_logprobs(hidden, targets, head, temperature)
+    recompute = torch.is_grad_enabled()
+    parts = []
+    # split, not slicing: its backward concatenates the chunks' gradients once instead of adding n-sized zeros
+    for h, t in zip(hidden.split(chunk_tokens), targets.split(chunk_tokens)):
+        if recompute:
+            parts.append(checkpoint(_chunk_logprobs, h, t, head, temperature, use_reentrant=False))
+        else:
+            parts.append(_chunk_logprobs(h, t, head, temperature))
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
