@@ -18,6 +18,12 @@ def provenance(workload: str, hardware_note: str = "CPU only") -> dict[str, str]
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=RESULTS.parent, timeout=10).stdout.strip() or "unknown"
+        # results of uncommitted code say so: the commit alone would not reproduce them
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "areal", "actors",
+                                  "learners", "rollouts", "launch", "bench", "configs"],
+                                 capture_output=True, text=True, cwd=RESULTS.parents[1], timeout=10).stdout.strip()
+        if changed:
+            commit += "-dirty"
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
     return {
