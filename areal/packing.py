@@ -1,11 +1,16 @@
 """Token-budget micro-batches for learner passes: which rows share one forward, and how they are laid out.
 
 A learner never runs a whole batch through the model at once: rows are grouped so
-that one forward holds at most ``learner.max_tokens_per_mb`` tokens. Two layouts:
+that one forward holds at most ``learner.max_tokens_per_mb`` positions. Two layouts:
 
-* packed (default): the rows of a micro-batch are concatenated into one row with
-  no padding; positions restart at 0 for every sequence, which is how Hugging Face
-  models recognise packed sequences and keep attention inside each one;
+* packed (default): whole sequences are packed into rows of at most ``row_tokens``
+  (first-fit decreasing; by default the longest sequence's length), and rows into
+  micro-batches. Positions restart at 0 for every sequence, which is how Hugging Face
+  models recognise packed sequences and keep attention inside each one. Rows are not
+  made longer than that because attention kernels given a block-diagonal mask
+  (SDPA, eager) still compute every query-key pair of a row: one row of all 2,300
+  tokens of the CPU demo's batch made its learner step 3x slower than padded rows;
+  rows as long as the longest sequence cost no more attention than padding does.
 * padded: rows keep their own line, right-padded to the longest of the group.
 
 Only *scored* tokens (the loss mask) get a log-probability: the model's LM head
@@ -62,9 +67,9 @@ def padded_groups(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 class MicroBatch:
     """One forward's worth of rows of a [B, T] batch.
 
-    ``input_ids`` is [1, N] when packed (``position_ids`` restart per sequence,
-    ``attention_mask`` None) and [k, w] when padded (``attention_mask`` set,
-    ``position_ids`` None). Scored token s is ``targets[s]``, predicted at flat
+    ``input_ids`` is [r, w]: packed rows (``position_ids`` restart per sequence and
+    per row tail of padding, ``attention_mask`` None) or one right-padded row per
+    sequence (``attention_mask`` set, ``position_ids`` None). Scored token s is ``targets[s]``, predicted at flat
     position ``predictors[s]`` of ``input_ids``; it sits at ``(rows[scored_row[s]],
     scored_col[s])`` of the batch. ``weight`` is 0 for a filler micro-batch that
     only keeps data-parallel ranks in step (its loss must not count).
@@ -118,21 +123,32 @@ def _scored(scored: torch.Tensor, row: int, length: int) -> torch.Tensor:
     return torch.nonzero(scored[row, 1:length]).flatten() + 1
 
 
-def _packed(input_ids: torch.Tensor, scored: torch.Tensor, rows: list[int], lengths: Sequence[int]) -> MicroBatch:
-    ids, positions, predictors, targets, srow, scol = [], [], [], [], [], []
-    offset = 0
-    for j, r in enumerate(rows):
-        n = lengths[r]
-        cols = _scored(scored, r, n)
-        ids.append(input_ids[r, :n])
-        positions.append(torch.arange(n))
-        predictors.append(offset + cols - 1)
-        targets.append(input_ids[r, cols])
-        srow.append(torch.full_like(cols, j))
-        scol.append(cols)
-        offset += n
-    return MicroBatch(torch.tensor(rows), torch.cat(ids)[None], torch.cat(positions)[None], None,
-                      torch.cat(predictors), torch.cat(targets), torch.cat(srow), torch.cat(scol), offset)
+def _packed(input_ids: torch.Tensor, scored: torch.Tensor, lines: list[list[int]],
+            lengths: Sequence[int]) -> MicroBatch:
+    """Each of ``lines`` (batch rows) concatenated into one row; rows right-padded to the longest with a
+    segment of their own (positions 0, 1, ...), which causal attention keeps away from the real tokens."""
+    width = max(sum(lengths[r] for r in line) for line in lines)
+    ids = torch.zeros(len(lines), width, dtype=input_ids.dtype)
+    positions = torch.zeros(len(lines), width, dtype=torch.long)
+    rows, predictors, targets, srow, scol = [], [], [], [], []
+    tokens = 0
+    for i, line in enumerate(lines):
+        offset = 0
+        for r in line:
+            n = lengths[r]
+            cols = _scored(scored, r, n)
+            ids[i, offset:offset + n] = input_ids[r, :n]
+            positions[i, offset:offset + n] = torch.arange(n)
+            predictors.append(i * width + offset + cols - 1)
+            targets.append(input_ids[r, cols])
+            srow.append(torch.full_like(cols, len(rows)))
+            scol.append(cols)
+            rows.append(r)
+            offset += n
+        positions[i, offset:] = torch.arange(width - offset)
+        tokens += offset
+    return MicroBatch(torch.tensor(rows), ids, positions, None, torch.cat(predictors), torch.cat(targets),
+                      torch.cat(srow), torch.cat(scol), tokens)
 
 
 def _padded(input_ids: torch.Tensor, attention_mask: torch.Tensor, scored: torch.Tensor, rows: list[int],
@@ -152,26 +168,29 @@ def _padded(input_ids: torch.Tensor, attention_mask: torch.Tensor, scored: torch
 
 
 def make_micro_batches(input_ids: torch.Tensor, attention_mask: torch.Tensor, scored: torch.Tensor,
-                       rows: Sequence[int], max_tokens: int, packed: bool = True) -> list[MicroBatch]:
+                       rows: Sequence[int], max_tokens: int, packed: bool = True,
+                       row_tokens: int = 0) -> list[MicroBatch]:
     """Split batch ``rows`` of right-padded [B, T] tensors into forwards of at most ``max_tokens`` positions.
 
     ``scored`` [B, T] marks the tokens whose log-probabilities are wanted (the loss mask).
-    Packed: first-fit-decreasing bins of whole sequences. Padded: consecutive rows, padded
-    to the group's longest. A single sequence longer than ``max_tokens`` still gets a forward
-    of its own.
+    Packed: first-fit-decreasing rows of whole sequences, at most ``row_tokens`` long (0 = the
+    longest sequence's length), then as many rows per forward as the budget holds. Padded:
+    consecutive batch rows, padded to the group's longest. A single sequence longer than
+    ``max_tokens`` still gets a forward of its own.
     """
     rows = [int(r) for r in rows]
     all_lengths = sequence_lengths(attention_mask)
     lengths = [all_lengths[r] for r in rows]
-    plan = first_fit_decreasing(lengths, max_tokens) if packed else padded_groups(lengths, max_tokens)
     scored = scored.bool().cpu()
     input_ids, attention_mask = input_ids.cpu(), attention_mask.cpu()
-    out = []
-    for group in plan:
-        members = [rows[i] for i in group]
-        out.append(_packed(input_ids, scored, members, all_lengths) if packed
-                   else _padded(input_ids, attention_mask, scored, members, all_lengths))
-    return out
+    if not packed:
+        return [_padded(input_ids, attention_mask, scored, [rows[i] for i in group], all_lengths)
+                for group in padded_groups(lengths, max_tokens)]
+    width = max([row_tokens, *lengths]) if lengths else 1
+    lines = [[rows[i] for i in line] for line in first_fit_decreasing(lengths, width)]
+    per_forward = max(1, max_tokens // width)
+    return [_packed(input_ids, scored, lines[i:i + per_forward], all_lengths)
+            for i in range(0, len(lines), per_forward)]
 
 
 def pad_to_count(micro_batches: list[MicroBatch], count: int) -> list[MicroBatch]:

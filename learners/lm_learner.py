@@ -98,7 +98,7 @@ class LMLearner(DeepSpeedLearner):
     def micro_batches(self, batch: TrainBatch, rows) -> list[MicroBatch]:
         """``rows`` of ``batch`` in forwards of at most ``learner.max_tokens_per_mb`` tokens, as many on every rank."""
         mbs = make_micro_batches(batch.input_ids, batch.attention_mask, batch.loss_mask, rows,
-                                 self.cfg.max_tokens_per_mb, packed=self.cfg.packing)
+                                 self.cfg.max_tokens_per_mb, self.cfg.packing, self.cfg.pack_row_tokens)
         return pad_to_count(mbs, self.agreed_count(len(mbs)))
 
     def logprobs(self, mb: MicroBatch, width: int) -> torch.Tensor:

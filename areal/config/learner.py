@@ -47,8 +47,11 @@ class LearnerConfig:
     """Tokens in one forward (the proximal pass and training alike); a minibatch takes as many forwards as it
     needs and accumulates their gradients into one optimizer step. A longer single sequence gets its own."""
     packing: bool = True
-    """Pack whole sequences into rows without padding (positions restart per sequence, attention stays inside
-    each); false = right-padded rows, each forward padded to its longest."""
+    """Pack whole sequences into rows (positions restart per sequence, attention stays inside each); false =
+    one right-padded row per sequence, each forward padded to its longest."""
+    pack_row_tokens: int = 0
+    """Longest packed row; 0 = the longest sequence of the pass. Attention kernels given a block-diagonal mask
+    (SDPA, eager) cost a row's length squared, so longer rows only pay with a varlen kernel (flash-attention)."""
     logprob_chunk_tokens: int = 1024
     """The LM head and log-softmax run over this many tokens at a time and are recomputed in backward, so
     [tokens, vocab] logits never exist beyond one chunk. 0 = all logits at once (with packing=false: the
@@ -99,6 +102,8 @@ class LearnerConfig:
         require(self.minibatches >= 1, "learner.minibatches", self.minibatches, "an int >= 1")
         require(self.zero_stage in (0, 1, 2, 3), "learner.zero_stage", self.zero_stage, "0, 1, 2 or 3")
         require(self.max_tokens_per_mb >= 1, "learner.max_tokens_per_mb", self.max_tokens_per_mb, "an int >= 1")
+        require(self.pack_row_tokens >= 0, "learner.pack_row_tokens", self.pack_row_tokens,
+                "an int >= 0 (0 = the longest sequence)")
         require(self.logprob_chunk_tokens >= 0, "learner.logprob_chunk_tokens", self.logprob_chunk_tokens,
                 "an int >= 0 (0 = no chunking)")
         require(not self.offload_optimizer or self.zero_stage >= 1, "learner.offload_optimizer",

@@ -60,9 +60,10 @@ def test_micro_batches_place_every_scored_token_once_at_its_batch_position(packe
         assert torch.equal(ids[rows, mb.scored_col], mb.targets)
         seen[rows, mb.scored_col] += 1
         if packed:
-            assert mb.attention_mask is None and mb.input_ids.shape[0] == 1 and mb.positions == mb.tokens
-            starts = (mb.position_ids[0] == 0).nonzero().flatten().tolist()
-            assert starts == [0] + torch.tensor([lengths[r] for r in mb.rows]).cumsum(0)[:-1].tolist()
+            assert mb.attention_mask is None and mb.position_ids.shape == mb.input_ids.shape
+            # positions restart with every sequence: a token's position is its column in its own batch row
+            assert torch.equal(mb.position_ids.reshape(-1)[mb.predictors + 1], mb.scored_col)
+            assert mb.input_ids.shape[1] <= max(lengths)  # rows no longer than the longest sequence
         else:
             assert mb.position_ids is None and mb.input_ids.shape[0] == len(mb.rows)
     assert torch.equal(seen, scored.long())
@@ -72,7 +73,7 @@ def test_packed_rows_carry_no_padding_and_padded_rows_report_it():
     ids, mask, scored = right_padded([10, 2, 2, 2, 2, 2])
     packed = make_micro_batches(ids, mask, scored, range(6), max_tokens=20, packed=True)
     padded = make_micro_batches(ids, mask, scored, range(6), max_tokens=60, packed=False)
-    assert len(packed) == 1 and packed[0].positions == packed[0].tokens == 20
+    assert len(packed) == 1 and packed[0].positions == packed[0].tokens == 20  # rows [10] and [2, 2, 2, 2, 2]
     assert len(padded) == 1 and padded[0].positions == 60 and padded[0].tokens == 20
 
 
@@ -100,3 +101,12 @@ def test_fillers_copy_the_smallest_forward_with_zero_weight():
 def test_rows_that_are_not_right_padded_are_refused():
     with pytest.raises(ValueError, match="right-padded"):
         sequence_lengths(torch.tensor([[0, 1, 1]]))
+
+
+def test_packed_rows_grow_to_row_tokens_and_forwards_hold_as_many_rows_as_fit():
+    ids, mask, scored = right_padded([6, 4, 2, 3, 3, 2, 2, 2])
+    default = make_micro_batches(ids, mask, scored, range(8), max_tokens=12)
+    assert [tuple(mb.input_ids.shape) for mb in default] == [(2, 6), (2, 6)]  # rows of 6, two per forward
+    wide = make_micro_batches(ids, mask, scored, range(8), max_tokens=24, row_tokens=12)
+    assert [tuple(mb.input_ids.shape) for mb in wide] == [(2, 12)]
+    assert sum(mb.tokens for mb in wide) == 24 and wide[0].positions == 24
