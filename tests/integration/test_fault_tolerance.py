@@ -94,7 +94,7 @@ def assert_every_prompt_counted(summary: dict, steps: int, batch: int) -> None:
 
 def test_killed_rollout_actors_are_replaced_and_their_prompts_requeued_once(ray_session, tmp_path):
     random.seed(7)
-    steps, batch = 30, 4
+    steps, batch = 20, 4
     thread, result = start_training(["experiment=ci_tiny", f"out_dir={tmp_path}", f"total_steps={steps}",
                                      "rollout.workers=2", "eval_every=0", "logging.tensorboard=false",
                                      "logging.wandb_mode=disabled"])
@@ -134,12 +134,13 @@ def test_a_killed_learner_is_restored_from_the_last_checkpoint(ray_session, tmp_
     assert versions[-1] == steps and sorted(set(versions)) == list(range(1, steps + 1))
 
 
+STEPS = 8
 DETERMINISTIC = ["experiment=ci_tiny", "controller.deterministic=true", "checkpoint.every=1", "eval_every=0",
-                 "total_steps=10", "logging.tensorboard=false", "logging.wandb_mode=disabled"]
+                 f"total_steps={STEPS}", "logging.tensorboard=false", "logging.wandb_mode=disabled"]
 
 
 def final_weights_digest(out: Path) -> str:
-    manifest = json.loads((out / "checkpoints" / "step-00000010" / "manifest.json").read_text())
+    manifest = json.loads((out / "checkpoints" / f"step-{STEPS:08d}" / "manifest.json").read_text())
     return manifest["files"]["model/model.safetensors"]
 
 
@@ -166,18 +167,18 @@ def test_a_driver_killed_mid_run_resumes_to_the_same_weights_as_an_uninterrupted
     killed_at = max(int(p.name[5:]) for p in (interrupted / "checkpoints").glob("step-*"))
     # steps after the kill train first on the saved buffer (up to max_staleness = 2 batches), then on
     # rollouts generated after the resume: both must match the uninterrupted run
-    assert 3 <= killed_at <= 7
+    assert 3 <= killed_at <= STEPS - 3
 
     thread, result = start_training([*DETERMINISTIC, f"out_dir={interrupted}", "checkpoint.resume=true"])
     resumed = finished(thread, result, 900)
     thread, result = start_training([*DETERMINISTIC, f"out_dir={uninterrupted}"])
     straight = finished(thread, result, 900)
 
-    assert resumed["steps"] == straight["steps"] == 10
+    assert resumed["steps"] == straight["steps"] == STEPS
     assert final_weights_digest(interrupted) == final_weights_digest(uninterrupted)
     rows = [json.loads(line) for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
-    assert [r["staleness/version"] for r in rows if "learner/loss" in r][-(10 - killed_at):] == \
-        [float(v) for v in range(killed_at + 1, 11)]
+    assert [r["staleness/version"] for r in rows if "learner/loss" in r][-(STEPS - killed_at):] == \
+        [float(v) for v in range(killed_at + 1, STEPS + 1)]
 
 
 def test_a_learner_failure_beyond_the_restart_budget_stops_the_run_with_the_setting_named(ray_session, tmp_path):
