@@ -28,10 +28,10 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/areal train experiment=arith_tiny
+	$(BIN)/areal train experiment=arith_tiny out_dir=runs/arith_tiny-$$(date +%Y%m%d-%H%M%S)
 
 ddpo: $(STAMP)
-	$(BIN)/areal train experiment=ddpo_tiny
+	$(BIN)/areal train experiment=ddpo_tiny out_dir=runs/ddpo_tiny-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

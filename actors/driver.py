@@ -4,8 +4,9 @@ It holds no algorithm math and no scheduling policy: admission, acceptance and
 the ticket ledger are ``areal.controller``, balancing is ``areal.balancer``,
 advantages are ``areal.batching`` / ``areal.algos``, the update is the learner's.
 Failures are handled here: a rollout worker that fails is replaced and its
-rollouts requeued once; a learner group that fails is rebuilt from the newest
-checkpoint (the controller rolls back with it), up to ``learner.max_restarts``.
+rollouts requeued once; a learner group that fails (or whose exported weights were lost
+with its node) is rebuilt from the newest checkpoint (the controller rolls back with it), up to
+``learner.max_restarts``.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import numpy as np
 import ray
 
 from actors.learner_group import LearnerGroup
+from actors.milestones import MILESTONE
 from actors.remote_calls import RemoteCallTimeout, wait_all
-from actors.rollout_fleet import RolloutFleet
+from actors.rollout_fleet import RolloutFleet, WeightsLost
 from actors.step_metrics import StepMetrics
 from areal.balancer import StepObservation, ThroughputBalancer
 from areal.config import TrainConfig
-from areal.controller import ACCEPTED, RolloutController
+from areal.controller import ACCEPTED, RolloutController, stall_message
+from areal.fingerprint import run_fingerprint
 from areal.staleness import StalenessGate
 from rollouts.tasks.base import Task
 
@@ -48,6 +51,10 @@ class Batcher(Protocol):
     def build(self, groups: list) -> Any: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
+
+
+class RunStalled(RuntimeError):
+    """The run stopped accepting rollouts (``controller.max_unaccepted_groups``)."""
 
 
 class Driver:
@@ -76,7 +83,7 @@ class Driver:
         self.published = 0  # version the rollout engines run
         if resume is not None:
             self.restore_controller(resume[0], int(resume[1]["version"]))
-            log.info("resuming from %s at version %d", resume[0], self.version)
+            log.info("resuming from %s at version %d", resume[0], self.version, extra=MILESTONE)
         # where a failed learner group goes back to when no checkpoint was written yet
         self.start_checkpoint = str(resume[0]) if resume else ""
         self.start_state, self.start_version = self.run_state(), self.version
@@ -93,12 +100,15 @@ class Driver:
         self.fleet.poll_starting(self.payload, self.version, block=True)
         if not self.fleet.serving():
             raise RuntimeError("no rollout worker started; see the errors above (rollout.start_timeout_s)")
+        log.info("actors up: %d rollout worker(s), %d learner(s)", len(self.fleet.serving()), cfg.learner.workers,
+                 extra=MILESTONE)
         self.published = self.version
         self.training: list[ray.ObjectRef] = []
         self.training_started = 0.0
         self.trained_tickets: list[int] = []
         self.metrics = StepMetrics(self.out_dir / "timeline.jsonl", batcher.action_unit)
         self.history: list[dict[str, float]] = []
+        self.unaccepted_reward_failures, self.reward_failure_example = 0, ""
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -106,16 +116,20 @@ class Driver:
         start = time.time()
         initial, initial_outputs = self.evaluate()
         self.emit(self.version, {self.eval_key: initial})
-        log.info("step %d: held-out %s %.3f", self.version, self.eval_key, initial)
+        log.info("step %d: held-out %s %.3f", self.version, self.eval_key, initial, extra=MILESTONE)
         loop_started = time.time()
         self.metrics.new_window()
         while self.version < self.cfg.total_steps:
             if not self.training:
                 self.training = self.maybe_train()
-            self.fleet.poll_starting(self.payload, self.published)
+            try:
+                self.fleet.poll_starting(self.payload, self.published)
+            except WeightsLost as exc:  # lost with the learners' node: how an idle group's loss shows first
+                self.recover_learners(exc)
             self.fleet.reap()
             self.submit()
             self.collect()
+            self.check_progress()
             if not self.deterministic:  # refill at once: the gap between two rollouts is rollout idle time
                 self.submit()
             for worker, reason in self.fleet.overdue().items():
@@ -125,6 +139,7 @@ class Driver:
         loop_seconds = time.time() - loop_started
         final, final_outputs = self.evaluate()
         self.emit(self.version, {self.eval_key: final})
+        log.info("step %d: held-out %s %.3f", self.version, self.eval_key, final, extra=MILESTONE)
         checkpoint = self.save_checkpoint()
         stale = [h["staleness/max"] for h in self.history if "staleness/max" in h]
         return {
@@ -171,12 +186,21 @@ class Driver:
             self.metrics.record("rollout/samples", len(group.trajectories))
             self.metrics.record(f"rollout/{outcome}", 1)
             failures = sum(group.info.get("reward_failures", {}).values())
+            self.unaccepted_reward_failures = 0 if outcome == ACCEPTED else self.unaccepted_reward_failures + failures
             if failures:
+                self.reward_failure_example = str(group.info.get("reward_failure_example"))
                 self.metrics.record("rollout/reward_failures", failures)
                 log.warning("%s: reward failures in group %s: %s", self.fleet.name(pending.worker), group.prompt_id,
                             group.info.get("reward_failure_example"))
             if outcome == ACCEPTED:
                 self.metrics.record("rollout/reward", *group.rewards)
+
+    def check_progress(self) -> None:
+        """Stop a run that generates without accepting anything, saying why (it would never end)."""
+        limit = self.cfg.controller.max_unaccepted_groups
+        if self.controller.stalled(limit):
+            raise RunStalled(stall_message(self.controller.since_accepted, limit, self.unaccepted_reward_failures,
+                                           self.reward_failure_example))
 
     def requeue(self, tickets: list[int]) -> None:
         for ticket in tickets:
@@ -233,6 +257,7 @@ class Driver:
             metrics.update(self.balance(metrics, train_seconds))
         if self.cfg.eval_every and self.version % self.cfg.eval_every == 0 and self.version < self.cfg.total_steps:
             metrics[self.eval_key] = self.evaluate()[0]
+            log.info("step %d: held-out %s %.3f", self.version, self.eval_key, metrics[self.eval_key], extra=MILESTONE)
         self.emit(self.version, metrics)
 
     def publish(self, stats: dict[str, float]) -> None:
@@ -257,8 +282,9 @@ class Driver:
         self.controller.blocked.clear()
         decision = self.balancer.on_step(obs)
         if decision.in_flight_limit != self.controller.in_flight_limit or decision.add_workers:
-            log.info("balancer: %s (in-flight limit %d, workers %+d)", decision.reason, decision.in_flight_limit,
-                     decision.add_workers)
+            # a new in-flight limit comes most steps (driver.log only); a change of the worker count is rare
+            log.log(logging.INFO if decision.add_workers else logging.DEBUG, "balancer: %s (in-flight limit %d, "
+                    "workers %+d)", decision.reason, decision.in_flight_limit, decision.add_workers, extra=MILESTONE)
         self.controller.in_flight_limit = decision.in_flight_limit
         if decision.add_workers > 0:
             self.fleet.start_worker()
@@ -319,22 +345,30 @@ class Driver:
         start = time.time()
         extra = {CONTROLLER_FILE: json.dumps(self.run_state()).encode()}
         meta = {"step": self.version, "version": self.version, "seed": self.cfg.seed,
-                "ledger": self.controller.ledger()}
+                "ledger": self.controller.ledger(),
+                "fingerprint": run_fingerprint(self.cfg, self.task.train, self.model_path)}
         path = self.learners.save_checkpoint(str(self.out_dir / "checkpoints"), meta, extra)
-        log.info("checkpoint %s (%.1fs)", path, time.time() - start)
+        log.info("checkpoint %s (%.1fs)", path, time.time() - start, extra=MILESTONE)
         return path
 
     # -- evaluation and metrics -------------------------------------------------------------------
     def evaluate(self) -> tuple[float, list]:
         """Mean held-out score and the outputs (in eval order), split across rollout workers; images are also
-        saved as a grid, RUN_DIR/samples/step-N.png."""
+        saved as a grid, RUN_DIR/samples/step-N.png. A held-out reward that failed is no score: the mean is
+        over the others (NaN if none), and the failures are counted (``eval/failures``, emitted here)."""
         results = self.fleet.evaluate(list(self.task.eval), self.payload, self.published)
         outputs = [output for _, output in results]
         if outputs and isinstance(outputs[0], np.ndarray):
             from rollouts.image_grid import save_grid
 
             save_grid(outputs, self.out_dir / "samples" / f"step-{self.published:06d}.png")
-        return sum(score for score, _ in results) / len(results), outputs
+        scores = [outcome.value for outcome, _ in results if outcome.ok]
+        failed = [outcome for outcome, _ in results if not outcome.ok]
+        if failed:
+            log.warning("held-out rewards: %d of %d failed (not in %s), e.g. %s: %s", len(failed), len(results),
+                        self.eval_key, failed[0].status, failed[0].detail)
+        self.emit(self.version, {"eval/failures": float(len(failed))})
+        return (sum(scores) / len(scores) if scores else float("nan")), outputs
 
     def emit(self, step: int, metrics: dict[str, float]) -> None:
         self.history.append({"step": step, **metrics})

@@ -33,11 +33,13 @@ class LearnerGroup:
         if checkpoint:
             model_path = str(Path(checkpoint) / "model")
         self.cfg = cfg
-        bundle = {"CPU": cfg.learner.num_cpus, **({"GPU": cfg.learner.num_gpus} if cfg.learner.num_gpus else {})}
+        bundle = {"CPU": cfg.learner.num_cpus, **({"GPU": cfg.learner.num_gpus} if cfg.learner.num_gpus else {}),
+                  **cfg.learner.resources}
         self.pg = placement_group([bundle] * n, strategy="PACK")
         wait_all([self.pg.ready()], cfg.learner.start_timeout_s, "learner placement group", "learner.start_timeout_s")
-        addr, port = ray.get(_rendezvous_address.options(
-            scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0)).remote())
+        ((addr, port),) = wait_all([_rendezvous_address.options(
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0)).remote()],
+            cfg.learner.start_timeout_s, "learner rendezvous address", "learner.start_timeout_s")
         self.actors = [
             LearnerActor.options(
                 name=f"{tag}-learner-{rank}",

@@ -25,4 +25,4 @@ def wait_all(refs: list, timeout_s: float, what: str, setting: str, names: list[
         who = ", ".join(names[i] for i in late) if names else f"{len(pending)} of {len(refs)} calls"
         raise RemoteCallTimeout(
             f"{what}: {who} unfinished after {time.monotonic() - start:.0f}s ({setting}={timeout_s})", late)
-    return ray.get(refs)
+    return ray.get(refs, timeout=0)  # all ready

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import ray
@@ -12,6 +11,7 @@ from actors.process_env import worker_env
 from areal.config import TrainConfig
 from areal.types import TrajectoryGroup
 from rollouts.tasks.base import TaskSample
+from rollouts.weight_staging import WeightStaging
 
 
 def rollout_env(cfg: TrainConfig, use_gpu: bool) -> dict[str, str]:
@@ -33,10 +33,13 @@ class RolloutActor:
         from rollouts.factory import make_rollout_worker
 
         self.rank = rank
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        weights_root = tempfile.mkdtemp(prefix=f"areal-rollout{rank}-", dir=shm)
+        self.staging = WeightStaging(rank, cfg.rollout.staging_dir)
         device = "cuda" if torch.cuda.is_available() and cfg.rollout.num_gpus else "cpu"
-        self.worker = make_rollout_worker(cfg, model_path, rank, weights_root, device)
+        try:
+            self.worker = make_rollout_worker(cfg, model_path, rank, self.staging.path, device)
+        except BaseException:
+            self.staging.remove()
+            raise
 
     async def ready(self) -> int:
         return self.rank
@@ -60,4 +63,7 @@ class RolloutActor:
         return os.getpid()
 
     async def close(self) -> None:
-        await self.worker.engine.close()
+        try:
+            await self.worker.close()
+        finally:
+            self.staging.remove()

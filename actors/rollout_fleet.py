@@ -24,6 +24,11 @@ from rollouts.tasks.base import TaskSample
 log = logging.getLogger(__name__)
 
 
+class WeightsLost(RuntimeError):
+    """The weights a joining worker was to load are in no object store any more: they were lost with the
+    learners' node, so the learners must be restored; the worker is not at fault."""
+
+
 @dataclass(frozen=True)
 class Pending:
     ticket: int
@@ -54,7 +59,8 @@ class RolloutFleet:
         worker, self._next_id = self._next_id, self._next_id + 1
         actor = RolloutActor.options(
             name=f"{self.tag}-rollout-{worker}", num_cpus=self.cfg.rollout.num_cpus,
-            num_gpus=self.cfg.rollout.num_gpus, runtime_env={"env_vars": rollout_env(self.cfg, self.use_gpu)},
+            num_gpus=self.cfg.rollout.num_gpus, resources=dict(self.cfg.rollout.resources),
+            runtime_env={"env_vars": rollout_env(self.cfg, self.use_gpu)},
         ).remote(self.cfg, self.model_path, worker)
         self.actors[worker] = actor
         self.starting[worker] = (actor.ready.remote(), time.monotonic())
@@ -72,11 +78,15 @@ class RolloutFleet:
                 worker = refs[ref]
                 del self.starting[worker]
                 try:
-                    ray.get(ref)
+                    ray.get(ref, timeout=0)  # ready: ray.wait returned it
                     if version > 0:
                         wait_all([self.actors[worker].load_weights.remote(payload, version)],
                                  self.cfg.rollout.weight_sync_timeout_s, f"load_weights(version {version})",
                                  "rollout.weight_sync_timeout_s", [self.name(worker)])
+                except ray.exceptions.ObjectLostError as exc:  # the weights are gone, not this worker
+                    self.starting[worker] = (ref, time.monotonic())  # it joins once they are exported again
+                    raise WeightsLost(f"the weights of version {version} are lost with the learners' node "
+                                      f"({self.name(worker)} could not load them): {exc}") from exc
                 except (ray.exceptions.RayError, RemoteCallTimeout) as exc:
                     self.fail(worker, f"start-up failed: {exc}")
                     continue
@@ -166,7 +176,7 @@ class RolloutFleet:
         pending = self.pending.pop(ref)
         self.pool.release(pending.worker)
         try:
-            return pending, ray.get(ref)
+            return pending, ray.get(ref, timeout=0)  # finished: ``finished`` returned it
         except ray.exceptions.RayError as exc:
             return pending, exc
 
@@ -202,7 +212,7 @@ class RolloutFleet:
                                              "(rollout.weight_sync_timeout_s)")
                 continue
             try:
-                seconds.append(ray.get(ref))
+                seconds.append(ray.get(ref, timeout=0))  # ready
             except ray.exceptions.RayError as exc:
                 requeue += self.fail(worker, f"load_weights(version {version}) raised: {exc}")
         return seconds, requeue
@@ -227,7 +237,7 @@ class RolloutFleet:
             except ray.exceptions.RayError:
                 for worker, _, ref in calls:
                     try:
-                        ray.get(ref)
+                        ray.get(ref, timeout=0)  # every call ended: wait_all raised the first error
                     except ray.exceptions.RayError as exc:
                         self.fail(worker, f"evaluate raised: {exc}")
                 continue
@@ -246,13 +256,26 @@ class RolloutFleet:
         for worker, ref in zip(workers, refs):
             if ref in ready:
                 try:
-                    out[f"rollout-{worker}"] = ray.get(ref)
+                    out[f"rollout-{worker}"] = ray.get(ref, timeout=0)  # ready
                 except ray.exceptions.RayError:
                     pass  # its failure surfaces through its rollouts
         return out
 
-    def engine_versions(self) -> list[int]:
-        return [s["version"] for s in ray.get([self.actors[w].stats.remote() for w in self.serving()], timeout=60)]
+    def engine_versions(self, timeout_s: float = 60.0) -> list[int]:
+        """Weight versions the serving engines report within ``timeout_s``; a worker that does not answer is
+        left out and logged (the run's summary must not fail on a worker that hangs at the end)."""
+        workers = self.serving()
+        refs = [self.actors[w].stats.remote() for w in workers]
+        ready = set(ray.wait(refs, num_returns=len(refs), timeout=timeout_s)[0])
+        versions = []
+        for worker, ref in zip(workers, refs):
+            try:
+                if ref not in ready:
+                    raise TimeoutError(f"no answer within {timeout_s:.0f}s")
+                versions.append(ray.get(ref, timeout=0)["version"])
+            except (ray.exceptions.RayError, TimeoutError) as exc:
+                log.warning("%s did not report its engine version: %s", self.name(worker), exc)
+        return versions
 
     def shutdown(self) -> None:
         for worker in list(self.actors):

@@ -16,6 +16,8 @@ def build_train_batch(groups: Sequence[TrajectoryGroup], advantage: str, pad_id:
 
     Advantages are computed here, from the group rewards [G, n], by the estimator
     registered under ``advantage`` (``algo.advantage``): the learner only executes them.
+    A sample whose reward failed keeps its row but no loss: its ``loss_mask`` row is all
+    False, and the estimator sees its group as the other samples alone.
     """
     if not groups:
         raise ValueError("build_train_batch: no groups to train on")
@@ -37,8 +39,10 @@ def build_train_batch(groups: Sequence[TrajectoryGroup], advantage: str, pad_id:
         loss_mask[i, p : p + o] = True
         behavior[i, p : p + o] = torch.tensor(t.logprobs, dtype=torch.float32)
         versions[i, p : p + o] = torch.tensor(t.versions, dtype=torch.long)
-    rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
-    advantages = make_advantage_estimator(advantage)(rewards, loss_mask)
+    rewards = torch.tensor([[t.reward for t in g.trajectories] for g in groups], dtype=torch.float32)
+    valid = torch.tensor([g.reward_ok for g in groups], dtype=torch.bool)
+    loss_mask &= valid.reshape(-1, 1)
+    advantages = make_advantage_estimator(advantage)(rewards, loss_mask, valid=valid)
     return TrainBatch(input_ids, attention, loss_mask, behavior, advantages, versions)
 
 
@@ -60,10 +64,29 @@ class TokenBatcher:
         pass
 
 
-def centre_per_group(advantages: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    """Subtract each group's mean advantage (the group: one prompt's n chains from one submission)."""
-    parts = torch.split(advantages, sizes)
-    return torch.cat([part - part.mean() for part in parts])
+def centre_per_group(advantages: torch.Tensor, sizes: list[int], valid: torch.Tensor) -> torch.Tensor:
+    """Subtract each group's mean advantage over its ``valid`` chains; the others get 0 (the group: one
+    prompt's n chains from one submission)."""
+    out = torch.zeros_like(advantages)
+    for rows in _group_rows(sizes, valid):
+        out[rows] = advantages[rows] - advantages[rows].mean()
+    return out
+
+
+def normalise_per_group(rewards: torch.Tensor, sizes: list[int], valid: torch.Tensor) -> torch.Tensor:
+    """(r - mean) / (std + 1e-6) within each group's ``valid`` chains (population std); the others get 0."""
+    out = torch.zeros_like(rewards)
+    for rows in _group_rows(sizes, valid):
+        part = rewards[rows]
+        out[rows] = (part - part.mean()) / (part.std(unbiased=False) + 1e-6)
+    return out
+
+
+def _group_rows(sizes: list[int], valid: torch.Tensor) -> list[torch.Tensor]:
+    """Row indices of each group's valid chains, for groups that have any."""
+    starts = [0, *torch.tensor(sizes).cumsum(0).tolist()]
+    rows = [torch.arange(a, b)[valid[a:b]] for a, b in zip(starts[:-1], starts[1:])]
+    return [r for r in rows if len(r)]
 
 
 class ChainBatcher:
@@ -80,6 +103,8 @@ class ChainBatcher:
     reward) in 40 steps while fresh training held steady. Zero-mean advantages per group
     remove the feedback and keep the history's scale.
     Without the tracker, each group is normalised on its own n samples (GRPO-style).
+    A chain whose reward failed has no score: it stays out of the tracker's history and the group
+    statistics, and its advantage is 0 (it carries no loss).
     """
 
     action_unit = "denoising_steps"
@@ -99,12 +124,16 @@ class ChainBatcher:
                              "(diffusion.num_steps changed mid-run?)")
         prompts = tuple(c.prompt for c in chains)
         rewards = torch.tensor([c.reward for c in chains], dtype=torch.float64)
+        valid = torch.tensor([c.reward_ok for c in chains], dtype=torch.bool)
         sizes = [len(g.trajectories) for g in groups]
         if self.tracker is not None:
-            advantages = centre_per_group(self.tracker.update(prompts, rewards), sizes)
+            normalised = torch.zeros_like(rewards)
+            if valid.any():
+                scored = valid.nonzero().squeeze(1)
+                normalised[scored] = self.tracker.update([prompts[i] for i in scored.tolist()], rewards[scored])
+            advantages = centre_per_group(normalised, sizes, valid)
         else:
-            advantages = torch.cat([(part - part.mean()) / (part.std(unbiased=False) + 1e-6)
-                                    for part in torch.split(rewards, sizes)])
+            advantages = normalise_per_group(rewards, sizes, valid)
         return ChainBatch(
             latents=torch.stack([c.latents for c in chains]),
             timesteps=torch.tensor([c.timesteps for c in chains], dtype=torch.long),

@@ -56,6 +56,7 @@ class RolloutController:
         self.buffer: deque[TrajectoryGroup] = deque()
         self._buffered_prompts: deque[int] = deque()  # prompt index of each buffered group, same order
         self.outcomes: Counter[str] = Counter()
+        self.since_accepted: Counter[str] = Counter()  # outcomes since the last accepted group: a stall shows here
         self.in_flight_limit: int | None = None  # set by a throughput balancer; None = the gate alone decides
         self.blocked: Counter[str] = Counter()  # why next_rollout said no: "gate" or "limit"
 
@@ -89,6 +90,9 @@ class RolloutController:
     def on_group(self, ticket: int, group: TrajectoryGroup) -> str:
         """Accept a finished group into the buffer, or reject it (too stale: retried; no signal: dropped).
 
+        No signal: every reward failed (nothing to learn from), or, with ``filter_zero_variance``, the scored
+        samples all got the same reward.
+
         A ticket that is no longer in flight (declared failed, or voided by a restore) is ``ignored``.
         """
         index = self.in_flight.pop(ticket, None)
@@ -98,7 +102,7 @@ class RolloutController:
             self.gate.on_reject()
             self.retry.append(index)
             outcome = STALE
-        elif self.filter_zero_variance and len(set(group.rewards)) == 1:
+        elif not group.rewards or (self.filter_zero_variance and len(set(group.rewards)) == 1):
             self.gate.on_reject()
             outcome = FILTERED
         else:
@@ -107,6 +111,10 @@ class RolloutController:
             self._buffered_prompts.append(index)
             outcome = ACCEPTED
         self.outcomes[outcome] += 1
+        if outcome == ACCEPTED:
+            self.since_accepted.clear()
+        elif outcome != IGNORED:
+            self.since_accepted[outcome] += 1
         return outcome
 
     def on_failure(self, ticket: int) -> bool:
@@ -118,6 +126,7 @@ class RolloutController:
         self.gate.on_reject()
         self.retry.append(index)
         self.outcomes["failed"] += 1
+        self.since_accepted["failed"] += 1
         return True
 
     def take_batch(self) -> list[TrajectoryGroup] | None:
@@ -132,6 +141,10 @@ class RolloutController:
     def on_trained(self, version: int) -> None:
         """The rollout side now runs ``version``."""
         self.gate.set_version(version)
+
+    def stalled(self, limit: int) -> bool:
+        """Whether the last ``limit`` resolved rollouts were all rejected (0 = never)."""
+        return limit > 0 and sum(self.since_accepted.values()) >= limit
 
     # -- accounting -----------------------------------------------------------------------------
     @property
@@ -174,3 +187,23 @@ class RolloutController:
         self.outcomes = outcomes
         self.gate.load_state_dict(state["gate"])
         self.gate.restore(version, buffered=len(self.buffer))
+
+
+def stall_message(since_accepted: Counter, limit: int, reward_failures: int, example: str) -> str:
+    """Why a run that accepts nothing stops: counts by reason, one reward failure, the settings to change."""
+    counts = ", ".join(f"{n} {reason}" for reason, n in sorted(since_accepted.items()))
+    lines = [f"no rollout group accepted in the last {sum(since_accepted.values())} ({counts}); stopping "
+             f"(controller.max_unaccepted_groups={limit})"]
+    if reward_failures:
+        lines.append(f"{reward_failures} reward computations failed meanwhile, e.g. {example}: fix the reward "
+                     "(task.*) or what it needs on the rollout nodes")
+    if since_accepted.get(FILTERED):
+        lines.append("filtered = every sample of the group got the same reward (no learning signal): the model "
+                     "is always right or always wrong on these prompts, or the reward is constant; change the "
+                     "task or model, or set algo.filter_zero_variance=false to train on such groups anyway")
+    if since_accepted.get(STALE):
+        lines.append("stale = finished more than algo.max_staleness versions after it started: raise "
+                     "algo.max_staleness, or add rollout workers so generation keeps up with the learner")
+    if since_accepted.get("failed"):
+        lines.append("failed = its rollout worker died or timed out: see the rollout worker errors above")
+    return "\n".join(lines)

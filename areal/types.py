@@ -8,6 +8,7 @@ span several versions.
 from __future__ import annotations
 
 import base64
+import math
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -15,9 +16,17 @@ import numpy as np
 import torch
 
 
+FAILED_REWARD = math.nan  # the reward of a sample whose reward computation failed: it has no score
+
+
+def _check_reward(kind: str, reward: float) -> None:
+    if math.isinf(reward):
+        raise ValueError(f"{kind}: reward must be finite, or NaN (FAILED_REWARD) when scoring failed; got {reward}")
+
+
 @dataclass(frozen=True)
 class Trajectory:
-    """One sampled completion of one prompt."""
+    """One sampled completion of one prompt; ``reward`` is NaN (``FAILED_REWARD``) when scoring it failed."""
 
     prompt_ids: tuple[int, ...]
     output_ids: tuple[int, ...]
@@ -34,6 +43,12 @@ class Trajectory:
                 f"Trajectory: output_ids, logprobs and versions must have one entry per token, got "
                 f"{n}, {len(self.logprobs)}, {len(self.versions)}"
             )
+        _check_reward("Trajectory", self.reward)
+
+    @property
+    def reward_ok(self) -> bool:
+        """Whether the reward was computed: a failed one is no score, and the sample is not trained on."""
+        return not math.isnan(self.reward)
 
     @property
     def num_actions(self) -> int:
@@ -46,7 +61,8 @@ class ChainTrajectory:
 
     ``latents`` [S + 1, C, H, W] holds x_T ... x_0; step k goes from ``latents[k]`` at
     ``timesteps[k]`` to ``latents[k + 1]`` with behaviour log-probability ``logprobs[k]``
-    under policy version ``versions[k]``. The reward was computed on the decoded x_0.
+    under policy version ``versions[k]``. The reward was computed on the decoded x_0 (NaN,
+    ``FAILED_REWARD``, when that failed).
     """
 
     prompt: str
@@ -63,6 +79,12 @@ class ChainTrajectory:
                 f"ChainTrajectory: need S timesteps, logprobs and versions and S + 1 latents, got {steps}, "
                 f"{len(self.logprobs)}, {len(self.versions)} and {self.latents.shape[0]}"
             )
+        _check_reward("ChainTrajectory", self.reward)
+
+    @property
+    def reward_ok(self) -> bool:
+        """Whether the reward was computed: a failed one is no score, and the chain is not trained on."""
+        return not math.isnan(self.reward)
 
     @property
     def num_actions(self) -> int:
@@ -83,7 +105,13 @@ class TrajectoryGroup:
 
     @property
     def rewards(self) -> list[float]:
-        return [t.reward for t in self.trajectories]
+        """The scores of the samples whose reward was computed (failed ones have none), in sample order."""
+        return [t.reward for t in self.trajectories if t.reward_ok]
+
+    @property
+    def reward_ok(self) -> list[bool]:
+        """One flag per sample: its reward was computed (see ``Trajectory.reward_ok``)."""
+        return [t.reward_ok for t in self.trajectories]
 
     @property
     def num_actions(self) -> int:
@@ -193,21 +221,23 @@ def _tensor_from_dict(d: dict) -> torch.Tensor:
 
 
 def _trajectory_to_dict(t: AnyTrajectory) -> dict:
+    reward = t.reward if t.reward_ok else None  # JSON has no NaN
     if isinstance(t, ChainTrajectory):
         return {"kind": "chain", "prompt": t.prompt, "latents": _tensor_to_dict(t.latents),
                 "timesteps": list(t.timesteps), "logprobs": list(t.logprobs), "versions": list(t.versions),
-                "reward": t.reward}
+                "reward": reward}
     return {"kind": "text", "prompt_ids": list(t.prompt_ids), "output_ids": list(t.output_ids),
-            "logprobs": list(t.logprobs), "versions": list(t.versions), "reward": t.reward, "text": t.text,
+            "logprobs": list(t.logprobs), "versions": list(t.versions), "reward": reward, "text": t.text,
             "finish_reason": t.finish_reason}
 
 
 def _trajectory_from_dict(t: dict) -> AnyTrajectory:
+    reward = FAILED_REWARD if t["reward"] is None else t["reward"]
     if t.get("kind") == "chain":
         return ChainTrajectory(t["prompt"], _tensor_from_dict(t["latents"]), tuple(t["timesteps"]),
-                               tuple(t["logprobs"]), tuple(t["versions"]), t["reward"])
+                               tuple(t["logprobs"]), tuple(t["versions"]), reward)
     return Trajectory(tuple(t["prompt_ids"]), tuple(t["output_ids"]), tuple(t["logprobs"]), tuple(t["versions"]),
-                      t["reward"], t["text"], t["finish_reason"])
+                      reward, t["text"], t["finish_reason"])
 
 
 def group_to_dict(group: TrajectoryGroup) -> dict:

@@ -18,18 +18,29 @@ Outputs go to out_dir (metrics.jsonl, tensorboard/, wandb/, checkpoints/, summar
 
 def cmd_train(args) -> int:
     from launch.config_loader import ConfigError, load_config
-    from launch.train import train
+    from launch.run_dir import RunDirError
+    from launch.train import RunInterrupted, train
+    from learners.checkpoint import CheckpointError
 
     try:
         cfg, resolved = load_config(args.overrides)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(resolved)
-    summary = train(cfg, resolved)
+    if cfg.logging.verbose:  # quiet, the console's first line names RUN_DIR/config.yaml instead
+        print(resolved)
+    try:
+        summary = train(cfg, resolved)
+    except RunInterrupted as exc:
+        print(f"\n{exc}: {exc.resume_hint}", file=sys.stderr)
+        return 130
+    except (RunDirError, CheckpointError) as exc:  # the run cannot start here: one line saying why
+        print(f"areal train: {exc}", file=sys.stderr)
+        return 2
     first, last = summary["initial_eval"], summary["final_eval"]
     print(f"\nheld-out {summary['eval_metric'].split('/')[-1]}: {first:.3f} -> {last:.3f} ({last - first:+.3f}) after "
           f"{summary['steps']} steps in {summary['seconds']:.0f}s; checkpoint: {summary['checkpoint']}")
+    print(f"plots and a report page: areal report {cfg.out_dir}")
     return 0
 
 
@@ -40,19 +51,26 @@ the job's driver joins the cluster (cluster.address=auto). The cluster's Python 
 dependencies (the same `make setup` on its nodes, or --pip for extra packages). Examples:
   areal submit --address http://HEAD:8265 experiment=arith_tiny out_dir=/shared/runs/a1
   areal status JOB_ID;  areal logs JOB_ID --follow;  areal stop JOB_ID
-The address defaults to $RAY_ADDRESS (when http) or http://127.0.0.1:8265.
+The address defaults to $RAY_ADDRESS (when http) or http://127.0.0.1:8265. A cluster with Ray token
+authentication needs its token: --token-file FILE, else $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or
+~/.ray/auth_token (an `areal slurm` job prints its token file).
 """
+
+
+TOKEN_HELP = ("the cluster's Ray token (token authentication); default: $RAY_AUTH_TOKEN, the file "
+              "$RAY_AUTH_TOKEN_PATH names, ~/.ray/auth_token")
 
 
 def cmd_submit(args) -> int:
     from launch import jobs
 
     job_id, link = jobs.submit(args.overrides, args.address, args.python, pip=args.pip or None,
-                               num_cpus=args.num_cpus)
+                               num_cpus=args.num_cpus, token_file=args.token_file)
     print(f"submitted {job_id}\ndashboard: {link}\nfollow:    areal logs {job_id} --follow"
-          f"{' --address ' + args.address if args.address else ''}")
+          f"{' --address ' + args.address if args.address else ''}"
+          f"{' --token-file ' + args.token_file if args.token_file else ''}")
     if args.wait:
-        state = jobs.wait(job_id, args.address)
+        state = jobs.wait(job_id, args.address, token_file=args.token_file)
         print(f"{job_id}: {state}")
         return 0 if state == "SUCCEEDED" else 1
     return 0
@@ -61,7 +79,7 @@ def cmd_submit(args) -> int:
 def cmd_status(args) -> int:
     from launch import jobs
 
-    state, message = jobs.status(args.job_id, args.address)
+    state, message = jobs.status(args.job_id, args.address, args.token_file)
     print(f"{args.job_id}: {state}" + (f" ({message})" if message else ""))
     return 0
 
@@ -69,7 +87,7 @@ def cmd_status(args) -> int:
 def cmd_logs(args) -> int:
     from launch import jobs
 
-    text = jobs.logs(args.job_id, args.address, follow=args.follow)
+    text = jobs.logs(args.job_id, args.address, follow=args.follow, token_file=args.token_file)
     if text:
         print(text, end="")
     return 0
@@ -78,7 +96,7 @@ def cmd_logs(args) -> int:
 def cmd_stop(args) -> int:
     from launch import jobs
 
-    stopped = jobs.stop(args.job_id, args.address)
+    stopped = jobs.stop(args.job_id, args.address, args.token_file)
     print(f"{args.job_id}: {'stop requested' if stopped else 'already ended'}")
     return 0
 
@@ -90,8 +108,8 @@ def cmd_slurm(args) -> int:
 
     job = SlurmJob(nodes=args.nodes, cpus_per_node=args.cpus_per_node, gpus_per_node=args.gpus_per_node,
                    time_limit=args.time, job_name=args.job_name, out_dir=args.out_dir, log_dir=args.log_dir,
-                   overrides=args.overrides, extra_sbatch=[f"#SBATCH --partition={args.partition}"]
-                   if args.partition else [])
+                   token_dir=args.token_dir, overrides=args.overrides,
+                   extra_sbatch=[f"#SBATCH --partition={args.partition}"] if args.partition else [])
     Path(args.log_dir).mkdir(parents=True, exist_ok=True)  # Slurm does not create the output directory
     Path(args.script).write_text(render(job))
     print(f"wrote {args.script}; submit it with: sbatch {args.script}")
@@ -102,8 +120,8 @@ def cmd_report(args) -> int:
     from launch.report import write_report
 
     try:
-        page = write_report(args.run_dir, args.out or None)
-    except FileNotFoundError as exc:
+        page = write_report(args.run_dir, args.out or None, args.x)
+    except (FileNotFoundError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 2
     print(page)
@@ -123,7 +141,6 @@ def cmd_bootstrap(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="areal",
                                      description="Fully asynchronous RL for reasoning LLMs and diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     submit.add_argument("overrides", nargs="*", help="key=value config overrides, as for `areal train`")
     submit.add_argument("--address", default="", help="the cluster's dashboard, e.g. http://HEAD:8265")
+    submit.add_argument("--token-file", default="", help=TOKEN_HELP)
     submit.add_argument("--python", default="python", help="the Python the job's driver runs with on the head node")
     submit.add_argument("--pip", nargs="*", default=[], help="extra pip packages for the job's runtime environment")
     submit.add_argument("--num-cpus", type=float, default=0, help="CPUs reserved for the driver itself")
@@ -146,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]} (Ray Jobs API).")
         cmd.add_argument("job_id", help="the id `areal submit` printed")
         cmd.add_argument("--address", default="", help="the cluster's dashboard, e.g. http://HEAD:8265")
+        cmd.add_argument("--token-file", default="", help=TOKEN_HELP)
         if name == "logs":
             cmd.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
         cmd.set_defaults(func=func)
@@ -162,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     slurm.add_argument("--job-name", default="areal")
     slurm.add_argument("--out-dir", default="runs/slurm", help="the run's out_dir (shared storage)")
     slurm.add_argument("--log-dir", default="runs/slurm-logs", help="where Slurm writes the job's output")
+    slurm.add_argument("--token-dir", default="", help="where the job writes its Ray token (a file only you can "
+                       "read, removed at the end); every node must read it (default: $HOME/.areal/ray-auth)")
     slurm.add_argument("--script", default="areal.sbatch", help="file to write")
     slurm.set_defaults(func=cmd_slurm)
     report = sub.add_parser(
@@ -171,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                     "and one self-contained report.html for RUN_DIR. Works on a finished, running or crashed run.")
     report.add_argument("run_dir", help="the run's out_dir (holds metrics.jsonl)")
     report.add_argument("--out", default="", help="where to write (default: RUN_DIR/report)")
+    report.add_argument("--x", choices=("step", "time"), default="step",
+                        help="draw the per-step plots against the step or the seconds since the run started")
     report.set_defaults(func=cmd_report)
     boot = sub.add_parser("bootstrap", help="build (or reuse) a tiny demo model and print its path",
                           description="Build once and cache (in $AREAL_CACHE or ~/.cache/areal) the tiny model a demo "
@@ -183,10 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     boot.add_argument("--seed", type=int, default=0)
     boot.set_defaults(func=cmd_bootstrap)
     args = parser.parse_args(argv)
+    if args.func is not cmd_train:  # a run sets up its own console and log file (launch/console.py)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.func in (cmd_submit, cmd_status, cmd_logs, cmd_stop):
         try:
             return args.func(args)
-        except (ConnectionError, RuntimeError, ValueError) as exc:  # cluster unreachable, auth, unknown job id
+        except (ConnectionError, PermissionError, RuntimeError, ValueError) as exc:  # unreachable, token, job id
             print(f"areal {args.command}: {exc}", file=sys.stderr)
             return 2
     return args.func(args)

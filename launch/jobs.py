@@ -2,7 +2,9 @@
 
 The job's driver is `areal train` itself, started by Ray on the head node with this
 project as its working directory (uploaded by Ray, without the virtualenv, runs and git
-data); it joins the cluster (`cluster.address=auto`) instead of starting Ray.
+data); it joins the cluster (`cluster.address=auto`) instead of starting Ray. A cluster with Ray token
+authentication gets the token from --token-file or where Ray itself looks (see `token`); a missing or
+refused token ends the command with one line saying which and how to pass it.
 """
 
 from __future__ import annotations
@@ -26,19 +28,71 @@ def address(given: str = "") -> str:
     return given or (env if env.startswith("http") else DEFAULT_ADDRESS)
 
 
-def client(given: str = ""):
+def token(token_file: str = "") -> tuple[str, str]:
+    """(token, where it came from) for a cluster with Ray token authentication; ("", "") when none is set.
+
+    ``token_file`` first, then Ray's own order: $RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH names,
+    ~/.ray/auth_token; RAY_AUTH_MODE=disabled turns the last three off.
+    """
+    if token_file:
+        return read_token(token_file, "--token-file"), token_file
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return "", ""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip(), "$RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return read_token(os.environ["RAY_AUTH_TOKEN_PATH"], "RAY_AUTH_TOKEN_PATH"), os.environ["RAY_AUTH_TOKEN_PATH"]
+    default = Path.home() / ".ray" / "auth_token"
+    return (default.read_text().strip(), str(default)) if default.is_file() else ("", "")
+
+
+def read_token(path: str, key: str) -> str:
+    """The token in ``path`` (``key`` names where the path came from in the error)."""
+    try:
+        value = Path(path).expanduser().read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{key}: cannot read the Ray token file {path} ({exc.strerror})") from None
+    if not value:
+        raise ValueError(f"{key}: the Ray token file {path} is empty")
+    return value
+
+
+def no_dashboard(url: str, detail: str) -> ConnectionError:
+    """The error for an unreachable dashboard, naming the fix."""
+    return ConnectionError(f"no Ray dashboard at {url} ({detail}); start the cluster (`ray start --head`) "
+                           "or pass --address http://HEAD:8265 (or set RAY_ADDRESS)")
+
+
+def check_auth(url: str, headers: dict, source: str) -> None:
+    """Ask the dashboard's version endpoint (token-protected) first, so a missing or wrong token is one clear line."""
+    import requests
+
+    try:
+        status = requests.get(f"{url}/api/version", headers=headers, timeout=30).status_code
+    except requests.exceptions.RequestException as exc:
+        raise no_dashboard(url, type(exc).__name__) from None
+    if status == 401:
+        raise PermissionError(f"the Ray cluster at {url} uses token authentication and no token was given: pass "
+                              "--token-file FILE (or set RAY_AUTH_TOKEN_PATH=FILE) with the cluster's token")
+    if status == 403:
+        raise PermissionError(f"the Ray cluster at {url} rejected the token from {source}: pass the cluster's own "
+                              "token with --token-file FILE (or RAY_AUTH_TOKEN_PATH=FILE)")
+
+
+def client(given: str = "", token_file: str = ""):
+    """A Jobs API client for the cluster, sending its token when there is one (see `token`)."""
+    url = address(given)
+    value, source = token(token_file)
+    # an explicit header: Ray adds its own only when RAY_AUTH_MODE=token is set in this process
+    headers = {"Authorization": f"Bearer {value}"} if value else {}
+    if url.startswith("http"):
+        check_auth(url, headers, source)
     from ray.job_submission import JobSubmissionClient
 
     try:
-        return JobSubmissionClient(address(given))
+        return JobSubmissionClient(url, headers=headers)
     except ConnectionError as exc:
-        raise ConnectionError(f"no Ray dashboard at {address(given)} ({exc}); start the cluster (`ray start --head`) "
-                              "or pass --address http://HEAD:8265 (or set RAY_ADDRESS)") from None
-    except Exception as exc:  # noqa: BLE001 - Ray's token auth error types vary by version; add the fix to any
-        if "auth" in str(exc).lower():
-            raise RuntimeError(f"{exc}\nThe cluster uses token authentication: run with RAY_AUTH_MODE=token and the "
-                               "cluster's token in ~/.ray/auth_token (or RAY_AUTH_TOKEN)") from None
-        raise
+        raise no_dashboard(url, str(exc)) from None
 
 
 def entrypoint(overrides: list[str], python: str = "python") -> str:
@@ -55,24 +109,24 @@ def runtime_env(env_vars: dict[str, str] | None = None, pip: list[str] | None = 
 
 
 def submit(overrides: list[str], given_address: str = "", python: str = "python", env_vars=None, pip=None,
-           num_cpus: float = 0) -> tuple[str, str]:
+           num_cpus: float = 0, token_file: str = "") -> tuple[str, str]:
     """Submit `areal train OVERRIDES`; returns (job id, dashboard link)."""
     job_id = f"areal-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    client(given_address).submit_job(
+    client(given_address, token_file).submit_job(
         entrypoint=entrypoint(overrides, python), submission_id=job_id, runtime_env=runtime_env(env_vars, pip),
         metadata={"areal_overrides": " ".join(overrides)}, entrypoint_num_cpus=num_cpus or None)
     return job_id, f"{address(given_address)}/#/jobs/{job_id}"
 
 
-def status(job_id: str, given_address: str = "") -> tuple[str, str]:
+def status(job_id: str, given_address: str = "", token_file: str = "") -> tuple[str, str]:
     """(status, message) of a submitted job."""
-    info = client(given_address).get_job_info(job_id)
+    info = client(given_address, token_file).get_job_info(job_id)
     return str(info.status.value if hasattr(info.status, "value") else info.status), info.message or ""
 
 
-def logs(job_id: str, given_address: str = "", follow: bool = False, out=None) -> str:
+def logs(job_id: str, given_address: str = "", follow: bool = False, out=None, token_file: str = "") -> str:
     """The job's driver output so far; ``follow`` streams it to ``out`` until the job ends."""
-    c = client(given_address)
+    c = client(given_address, token_file)
     if not follow:
         return c.get_job_logs(job_id)
     import asyncio
@@ -89,16 +143,17 @@ def logs(job_id: str, given_address: str = "", follow: bool = False, out=None) -
     return ""
 
 
-def stop(job_id: str, given_address: str = "") -> bool:
+def stop(job_id: str, given_address: str = "", token_file: str = "") -> bool:
     """Ask Ray to stop the job (its actors go with it); False if it had already ended."""
-    return bool(client(given_address).stop_job(job_id))
+    return bool(client(given_address, token_file).stop_job(job_id))
 
 
-def wait(job_id: str, given_address: str = "", timeout_s: float = 3600, poll_s: float = 2.0) -> str:
+def wait(job_id: str, given_address: str = "", timeout_s: float = 3600, poll_s: float = 2.0,
+         token_file: str = "") -> str:
     """Block until the job ends (or ``timeout_s``); returns its final status."""
     deadline = time.monotonic() + timeout_s
     while True:
-        state, _ = status(job_id, given_address)
+        state, _ = status(job_id, given_address, token_file)
         if state in FINAL or time.monotonic() > deadline:
             return state
         time.sleep(poll_s)

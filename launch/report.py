@@ -15,6 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 
 PLOTS = ("reward", "staleness", "throughput", "timeline", "weight_sync", "loss")
+# what the per-step plots are drawn against: the row key and the axis label
+X_AXES = {"step": ("step", "step"), "time": ("elapsed_s", "seconds since the run started")}
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -30,10 +32,24 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
-    """(steps, values) of the rows that have a finite ``key``."""
-    points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+def series(rows: list[dict], key: str, x: str = "step") -> tuple[list[float], list[float]]:
+    """(x values, values) of the rows that have a finite ``key`` and an ``x`` value: ``x`` is ``step`` or
+    ``time`` (the row's ``elapsed_s``)."""
+    x_key = X_AXES[x][0]
+    points = [(r[x_key], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
+              and isinstance(r.get(x_key), (int, float))]
     return [p[0] for p in points], [p[1] for p in points]
+
+
+def check_x_axis(rows: list[dict], x: str) -> None:
+    """Refuse ``x`` (naming the choices) when it is unknown, or when no row has it: metrics.jsonl files written
+    before rows carried ``elapsed_s`` can be drawn against steps only."""
+    if x not in X_AXES:
+        raise ValueError(f"areal report: --x {x!r}; expected one of {', '.join(X_AXES)}")
+    x_key = X_AXES[x][0]
+    if rows and not any(x_key in r for r in rows):
+        raise ValueError(f"areal report: no row of metrics.jsonl has {x_key!r} (written by an older areal); "
+                         "use --x step")
 
 
 def staleness_counts(rows: list[dict]) -> dict[int, float]:
@@ -55,10 +71,10 @@ def _figure(plt, title: str, ylabel: str, xlabel: str = "step"):
     return fig, ax
 
 
-def _lines(ax, rows: list[dict], keys: list[str]) -> list[str]:
+def _lines(ax, rows: list[dict], keys: list[str], x: str) -> list[str]:
     drawn = []
     for key in keys:
-        xs, ys = series(rows, key)
+        xs, ys = series(rows, key, x)
         if xs:
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=key)
             drawn.append(key)
@@ -67,8 +83,9 @@ def _lines(ax, rows: list[dict], keys: list[str]) -> list[str]:
     return drawn
 
 
-def plot_all(rows: list[dict], timeline: list[dict], out: Path) -> dict[str, list[str]]:
-    """Write every plot the data supports to ``out``/<name>.png; returns {name: series drawn}."""
+def plot_all(rows: list[dict], timeline: list[dict], out: Path, x: str = "step") -> dict[str, list[str]]:
+    """Write every plot the data supports to ``out``/<name>.png, the per-step ones against ``x`` (``step`` or
+    ``time``); returns {name: series drawn}."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,10 +102,10 @@ def plot_all(rows: list[dict], timeline: list[dict], out: Path) -> dict[str, lis
                                                 "learner/grad_norm", "learner/behavior_weight_mean"]),
     }
     for name, (title, ylabel, keys) in specs.items():
-        fig, ax = _figure(plt, title, ylabel)
+        fig, ax = _figure(plt, title, ylabel, X_AXES[x][1])
         if name == "loss":
             ax.set_yscale("symlog", linthresh=1e-3)
-        drawn[name] = _lines(ax, rows, keys)
+        drawn[name] = _lines(ax, rows, keys, x)
         _save(plt, fig, out / f"{name}.png", drawn[name])
 
     counts = staleness_counts(rows)
@@ -133,7 +150,7 @@ def run_state(run_dir: Path, rows: list[dict]) -> str:
     return "running or stopped early (no summary.json)" if rows else "no metrics yet"
 
 
-def write_html(run_dir: Path, out: Path, rows: list[dict], drawn: dict[str, list[str]]) -> Path:
+def write_html(run_dir: Path, out: Path, rows: list[dict], drawn: dict[str, list[str]], x: str = "step") -> Path:
     """One page: the state, the last metrics, every plot inline (base64), the resolved config."""
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
     last = next((r for r in reversed(rows) if "learner/loss" in r), {})
@@ -141,7 +158,7 @@ def write_html(run_dir: Path, out: Path, rows: list[dict], drawn: dict[str, list
                 and not k.startswith("staleness/hist_")}
     parts = [f"<h1>areal run report: {html.escape(run_dir.name)}</h1>",
              f"<p>state: <b>{html.escape(run_state(run_dir, rows))}</b>; steps logged: "
-             f"{max((r.get('step', 0) for r in rows), default=0)}</p>"]
+             f"{max((r.get('step', 0) for r in rows), default=0)}; per-step plots against: {X_AXES[x][1]}</p>"]
     if summary:
         keys = ("eval_metric", "initial_eval", "final_eval", "steps", "seconds", "max_trained_staleness",
                 "learner_restarts")
@@ -171,13 +188,15 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Plots and report.html for ``run_dir`` (into ``out_dir``, default RUN_DIR/report); returns the page."""
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None, x: str = "step") -> Path:
+    """Plots and report.html for ``run_dir`` (into ``out_dir``, default RUN_DIR/report), the per-step plots
+    against ``x``: ``step`` or ``time`` (seconds since the run started); returns the page."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"areal report: {run_dir} is not a run directory (the out_dir of a run)")
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    check_x_axis(rows, x)
     out = Path(out_dir) if out_dir else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    rows = read_jsonl(run_dir / "metrics.jsonl")
-    drawn = plot_all(rows, read_jsonl(run_dir / "timeline.jsonl"), out)
-    return write_html(run_dir, out, rows, drawn)
+    drawn = plot_all(rows, read_jsonl(run_dir / "timeline.jsonl"), out, x)
+    return write_html(run_dir, out, rows, drawn, x)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 
 from areal.config import TrainConfig
@@ -27,16 +29,17 @@ def init_ray(cfg: TrainConfig) -> bool:
 
     if ray.is_initialized():
         return False
+    from launch.console import announce_ray
+
+    # quiet console: workers' output stays in Ray's worker log files (announce_ray says where)
     if cfg.cluster.address:
-        ray.init(address=cfg.cluster.address, log_to_driver=True)
-        return True
-    # Oversubscribing logical CPUs is fine on a small machine: actors mostly wait on each other.
-    num_cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, int(cpus_needed(cfg) + 0.999))
-    context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=cfg.cluster.dashboard_host,
-                       log_to_driver=True)
-    url = getattr(context, "dashboard_url", "") or ""
-    if url:
-        log.info("Ray dashboard: http://%s", url)
+        context = ray.init(address=cfg.cluster.address, log_to_driver=cfg.logging.verbose)
+    else:
+        # Oversubscribing logical CPUs is fine on a small machine: actors mostly wait on each other.
+        num_cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, int(cpus_needed(cfg) + 0.999))
+        context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=cfg.cluster.dashboard_host,
+                           log_to_driver=cfg.logging.verbose)
+    announce_ray(context, Path(cfg.out_dir))
     return True
 
 
@@ -105,6 +108,22 @@ def find_resume_checkpoint(cfg: TrainConfig) -> tuple[Path, dict] | None:
     return found
 
 
+def check_resume_fits(resume: tuple[Path, dict], cfg: TrainConfig, train_samples, model_path: str) -> None:
+    """Refuse a checkpoint made from other inputs (dataset, seed, batch shape, model), naming each difference."""
+    from areal.fingerprint import fingerprint_mismatch, run_fingerprint
+    from learners.checkpoint import CheckpointError
+
+    path, manifest = resume
+    saved = manifest.get("fingerprint")
+    if saved is None:
+        log.warning("%s records no fingerprint (an older version saved it): its inputs cannot be checked", path)
+        return
+    differences = fingerprint_mismatch(saved, run_fingerprint(cfg, train_samples, model_path))
+    if differences:
+        raise CheckpointError(f"{path} was saved by a run with other inputs: {'; '.join(differences)}. Resume with "
+                              "the same settings, or start a new run in another out_dir")
+
+
 def make_batcher(cfg: TrainConfig, model_path: str):
     """Token batches with the configured advantage for text; chain batches with DDPO's per-prompt
     normalisation for diffusion."""
@@ -120,28 +139,71 @@ def make_batcher(cfg: TrainConfig, model_path: str):
     return TokenBatcher(cfg.algo.advantage, AutoTokenizer.from_pretrained(model_path).pad_token_id or 0)
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """SIGTERM or Ctrl-C stopped the run; ``resume_hint`` says how to continue it."""
+
+    resume_hint = ""
+
+
+def stop_on_signals() -> None:
+    """SIGTERM (kill, Slurm's scancel, Kubernetes) and SIGINT raise ``RunInterrupted`` in the main thread, so
+    the run shuts its actors and its embedded Ray down. Ray's core installs a handler for SIGTERM that aborts
+    the process, which left Ray's dashboard and runtime-env agents running; this replaces it. A second
+    SIGTERM during the shutdown is ignored (the scheduler's SIGKILL follows if it takes too long)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        if signum == signal.SIGTERM:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise RunInterrupted(f"stopped by {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def resume_hint(cfg: TrainConfig) -> str:
+    """How to continue a stopped run, naming its newest checkpoint."""
+    from learners.checkpoint import CheckpointStore
+
+    steps = CheckpointStore(Path(cfg.out_dir) / "checkpoints", cfg.checkpoint.keep_last).steps()
+    if not steps:
+        return f"no checkpoint was written in {cfg.out_dir}; a new run starts from the beginning"
+    return (f"newest checkpoint {steps[-1]}; continue with: areal train <same overrides> out_dir={cfg.out_dir} "
+            "checkpoint.resume=true")
+
+
 def train(cfg: TrainConfig, resolved_yaml: str) -> dict:
     """Run one job to completion; returns its summary (also written to RUN_DIR/summary.json)."""
     import ray
     import torch
 
     from actors.driver import Driver
+    from launch.console import close_console, setup_console
+    from launch.run_dir import prepare_run_dir
     from launch.sinks import make_sinks
     from rollouts.tasks.factory import make_task
 
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    resume = find_resume_checkpoint(cfg)
+    out_dir = prepare_run_dir(cfg, resumable=resume is not None)  # before anything is written there
     (out_dir / "config.yaml").write_text(resolved_yaml)
+    setup_console(out_dir, cfg.logging.verbose)
     model_path = resolve_model(cfg)
     batcher = make_batcher(cfg, model_path)
     task = make_task(cfg.task, model_path)
-    resume = find_resume_checkpoint(cfg)
+    if resume is not None:
+        check_resume_fits(resume, cfg, task.train, model_path)
     started_ray = init_ray(cfg)
+    stop_on_signals()  # after ray.init, whose core replaced the SIGTERM handler
     driver = None
     sinks = make_sinks(cfg, out_dir)
     try:
         driver = Driver(cfg, model_path, task, batcher, sinks, use_gpu=torch.cuda.is_available(), resume=resume)
         summary = driver.run()
+    except RunInterrupted as exc:
+        exc.resume_hint = resume_hint(cfg)
+        log.error("%s; shutting the run down (%s)", exc, exc.resume_hint)
+        raise
     finally:
         if driver is not None:
             driver.shutdown()
@@ -150,5 +212,6 @@ def train(cfg: TrainConfig, resolved_yaml: str) -> dict:
                 sink.close()
         if started_ray:
             ray.shutdown()
+        close_console()
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

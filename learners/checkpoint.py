@@ -17,6 +17,8 @@ a checkpoint from an untrusted source cannot run code.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import logging
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 FORMAT = "areal-checkpoint-v1"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
+REQUIRED_META = ("step", "version", "learner_workers")  # what resuming reads from every manifest
 
 
 class CheckpointError(RuntimeError):
@@ -88,12 +91,69 @@ def unpack_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def write_state(directory: Path, name: str, state: Any) -> list[Path]:
-    """``name.safetensors`` + ``name.json`` in ``directory``; returns both paths."""
+    """``name.safetensors`` + ``name.json`` in ``directory``, on stable storage; returns both paths."""
     directory.mkdir(parents=True, exist_ok=True)
     tensors, skeleton = pack_state(state)
     save_file(tensors, str(directory / f"{name}.safetensors"))
     (directory / f"{name}.json").write_text(json.dumps(skeleton))
-    return [directory / f"{name}.safetensors", directory / f"{name}.json"]
+    paths = [directory / f"{name}.safetensors", directory / f"{name}.json"]
+    fsync_paths(paths)
+    return paths
+
+
+# -- durability ------------------------------------------------------------------------------------
+def fsync_paths(paths: list[Path]) -> None:
+    """Flush files (and then their directories) to stable storage: after a power loss or node crash, a
+    committed checkpoint's manifest must not point at bytes that never reached the disk."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for directory in sorted({Path(p).parent for p in paths}):
+        fsync_dir(directory)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the names in ``directory`` (files created or renamed there) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where the OS or
+    the filesystem does not support it."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def replace_dir(new: Path, final: Path) -> None:
+    """Put directory ``new`` at ``final``, which may exist. A reader always finds one complete copy at
+    ``final``: the two are swapped atomically where the filesystem can, and the old copy deleted after."""
+    if not final.exists():
+        new.rename(final)
+        return
+    if exchange_paths(new, final):
+        shutil.rmtree(new)  # now holds the old copy
+        return
+    # no atomic swap (e.g. NFS): the old copy steps aside under a hidden name for the instant between
+    # the two renames, rather than being deleted before the new one is in place
+    aside = final.with_name(f".replaced-{final.name}-{uuid.uuid4().hex[:8]}")
+    final.rename(aside)
+    new.rename(final)
+    shutil.rmtree(aside)
 
 
 def read_state(directory: Path, name: str) -> Any:
@@ -145,9 +205,10 @@ class CheckpointStore:
             json.dump(manifest, fh, indent=1)
             fh.flush()
             os.fsync(fh.fileno())
-        if final.exists():  # the same step saved again (e.g. a resumed run): replace it whole
-            shutil.rmtree(final)
-        staging.rename(final)
+        fsync_paths([staging / rel for rel in files])  # every rank's files, wherever it wrote them from
+        fsync_dir(staging)
+        replace_dir(staging, final)  # the same step saved again (e.g. a resumed run) is replaced whole
+        fsync_dir(self.root)
         self.prune()
         return final
 
@@ -163,6 +224,10 @@ class CheckpointStore:
         for stale in self.root.glob(".staging-step-*"):  # saves that died before committing
             if stale.is_dir() and not any(stale.samefile(p) for p in self.steps()):
                 shutil.rmtree(stale, ignore_errors=True)
+        for aside in self.root.glob(".replaced-step-*"):  # a re-save that died between its two renames
+            step_dir = self.root / aside.name.split("-", 1)[1].rsplit("-", 1)[0]
+            if step_dir.is_dir():  # the new copy made it: the old one is garbage (else keep it for a human)
+                shutil.rmtree(aside, ignore_errors=True)
 
     @staticmethod
     def verify(path: str | Path) -> dict:
@@ -174,9 +239,16 @@ class CheckpointStore:
             raise CheckpointError(f"{path}: no {MANIFEST}; the save did not finish (partial checkpoint)") from None
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{path}/{MANIFEST} is not valid JSON ({exc}); corrupted checkpoint") from None
-        if manifest.get("format") != FORMAT:
-            raise CheckpointError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-        for rel, expected in manifest["files"].items():
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            raise CheckpointError(f"{path}: format {found!r}, expected {FORMAT!r}")
+        files = manifest.get("files")
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            raise CheckpointError(f"{path}/{MANIFEST} has no valid file list ('files'); corrupted checkpoint")
+        for key in REQUIRED_META:
+            if key not in manifest:
+                raise CheckpointError(f"{path}/{MANIFEST} lacks {key!r}; corrupted checkpoint")
+        for rel, expected in files.items():
             file = path / rel
             if not file.is_file():
                 raise CheckpointError(f"{path}: {rel} listed in the manifest is missing (partial checkpoint)")

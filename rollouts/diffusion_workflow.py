@@ -9,7 +9,8 @@ import numpy as np
 
 from areal.types import ChainTrajectory, TrajectoryGroup
 from rollouts.engines.diffusion_sampler import DiffusionSampler
-from rollouts.rewards import failure_info, score_safely
+from rollouts.reward_pool import RewardPool
+from rollouts.rewards import RewardOutcome, failure_info
 from rollouts.tasks.base import Task, TaskSample
 
 
@@ -19,25 +20,30 @@ def eval_seed(sample_id: str) -> int:
 
 
 class DiffusionWorkflow:
-    """prompt -> n chains -> image rewards (scored in threads, off the sampling loop), as one group."""
+    """prompt -> n chains -> image rewards (scored in the reward pool's processes, off the sampling loop), as
+    one group. The workflow owns ``rewards`` and closes it in ``close``; a failed reward leaves its chain with
+    reward NaN (``ChainTrajectory.reward_ok`` False)."""
 
     action_unit = "denoising_steps"
 
-    def __init__(self, task: Task, n: int, reward_timeout_s: float):
-        self.task, self.n, self.reward_timeout_s = task, n, reward_timeout_s
+    def __init__(self, task: Task, n: int, rewards: RewardPool):
+        self.task, self.n, self.rewards = task, n, rewards
 
     async def run(self, engine: DiffusionSampler, sample: TaskSample, submit_version: int,
                   seed: int | None = None) -> TrajectoryGroup:
         """Sample the group's chains from ``seed`` and score each final image."""
         chains = await engine.sample(sample.prompt, self.n, 0 if seed is None else seed)
-        outcomes = await asyncio.gather(*(
-            score_safely(lambda c=c: self.task.score(c.image, sample), self.reward_timeout_s) for c in chains))
+        outcomes = await asyncio.gather(*(self.rewards.score(c.image, sample) for c in chains))
         trajectories = tuple(ChainTrajectory(sample.prompt, c.latents, c.timesteps, c.logprobs, c.versions, o.value)
                              for c, o in zip(chains, outcomes))
         return TrajectoryGroup(sample.id, trajectories, submit_version, failure_info(outcomes))
 
-    async def evaluate(self, engine: DiffusionSampler, sample: TaskSample) -> tuple[float, np.ndarray]:
-        """(reward, image) of a held-out sample from its fixed seed under the current weights."""
+    async def evaluate(self, engine: DiffusionSampler, sample: TaskSample) -> tuple[RewardOutcome, np.ndarray]:
+        """(reward outcome, image) of a held-out sample from its fixed seed under the current weights; a failed
+        reward is an outcome, never a score."""
         (chain,) = await engine.sample(sample.prompt, 1, eval_seed(sample.id))
-        outcome = await score_safely(lambda: self.task.score(chain.image, sample), self.reward_timeout_s)
-        return outcome.value, chain.image
+        return await self.rewards.score(chain.image, sample), chain.image
+
+    def close(self) -> None:
+        """Stop the reward processes."""
+        self.rewards.close()

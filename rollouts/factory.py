@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from areal.config import TrainConfig
+from areal.config import TaskConfig, TrainConfig
+from rollouts.reward_pool import RewardPool
+from rollouts.tasks.base import Task
 from rollouts.worker import RolloutWorker
+
+
+def make_reward_pool(task: Task, cfg: TaskConfig) -> RewardPool:
+    """The processes that score ``task``'s outputs (``task.reward_workers``, ``task.reward_timeout_s``,
+    ``task.reward_memory_mb``); the workflow that gets it closes it."""
+    return RewardPool(task.score, cfg.reward_workers, cfg.reward_timeout_s, cfg.reward_memory_mb)
 
 
 def make_rollout_worker(cfg: TrainConfig, model_path: str, rank: int, weights_root: str | Path,
@@ -19,7 +27,7 @@ def make_rollout_worker(cfg: TrainConfig, model_path: str, rank: int, weights_ro
         from rollouts.engines.diffusion_sampler import DiffusionSampler
 
         sampler = DiffusionSampler(model_path, cfg.diffusion, device=device)
-        workflow = DiffusionWorkflow(task, cfg.rollout.samples_per_prompt, cfg.task.reward_timeout_s)
+        workflow = DiffusionWorkflow(task, cfg.rollout.samples_per_prompt, make_reward_pool(task, cfg.task))
         return RolloutWorker(sampler, workflow, task, weights_root)
 
     from transformers import AutoTokenizer
@@ -32,6 +40,8 @@ def make_rollout_worker(cfg: TrainConfig, model_path: str, rank: int, weights_ro
     sampling = SamplingConfig(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                               top_p=cfg.rollout.top_p)
     tail = cfg.rollout.length_tail_median
-    workflow = SingleTurnWorkflow(task, tokenizer, sampling, cfg.rollout.samples_per_prompt, cfg.task.reward_timeout_s,
+    engine = make_engine(cfg.engine, model_path, seed_offset=rank)
+    workflow = SingleTurnWorkflow(task, tokenizer, sampling, cfg.rollout.samples_per_prompt,
+                                  make_reward_pool(task, cfg.task),
                                   length_tail=(tail, cfg.rollout.length_tail_sigma) if tail else None)
-    return RolloutWorker(make_engine(cfg.engine, model_path, seed_offset=rank), workflow, task, weights_root)
+    return RolloutWorker(engine, workflow, task, weights_root)

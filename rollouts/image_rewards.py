@@ -1,7 +1,8 @@
 """Rewards for images (DDPO's tasks): one uint8 image [H, W, 3] and its prompt -> a float.
 
-Rollout workers call them in threads with a time limit (``rollouts.rewards.score_safely``),
-so a reward must be thread-safe; scorer models load lazily, once, under a lock.
+Rollout workers call them in reward processes with a time limit (``rollouts.reward_pool``), so a
+reward must be picklable (built-ins are; a user's must be importable by module path); scorer models
+load lazily, once per process, under a lock (a reward may also be called from threads).
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ class AestheticScore(ImageReward):
         self.path = Path(path)
         self._lock = threading.Lock()
         self._parts = None
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path}  # a reward process loads the model itself, on first use
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(str(state["path"]))
 
     def _load(self):
         import torch

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 from areal.timeline import BusyTracker
 from areal.types import TrajectoryGroup
 from rollouts.engines.base import PolicyBackend
+from rollouts.rewards import RewardOutcome
+from rollouts.weight_staging import check_room
 from rollouts.tasks.base import Task, TaskSample
 
 
@@ -27,8 +29,11 @@ class Workflow(Protocol):
     async def run(self, engine, sample: TaskSample, submit_version: int, seed: int | None = None) -> TrajectoryGroup:
         ...
 
-    async def evaluate(self, engine, sample: TaskSample) -> tuple[float, Any]:
+    async def evaluate(self, engine, sample: TaskSample) -> tuple[RewardOutcome, Any]:
         ...
+
+    def close(self) -> None:
+        """Release what the workflow runs besides the engine (its reward processes)."""
 
 
 class RolloutWorker:
@@ -52,8 +57,9 @@ class RolloutWorker:
         self.generated_actions += group.num_actions
         return group
 
-    async def evaluate(self, samples: list[TaskSample]) -> list[tuple[float, Any]]:
-        """(reward, output) of held-out ``samples`` under the current weights (greedy text, fixed-seed images)."""
+    async def evaluate(self, samples: list[TaskSample]) -> list[tuple[RewardOutcome, Any]]:
+        """(reward outcome, output) of held-out ``samples`` under the current weights (greedy text, fixed-seed
+        images); a failed reward is an outcome the driver counts, not an exception."""
         self.busy.start()
         try:
             return list(await asyncio.gather(*(self.workflow.evaluate(self.engine, s) for s in samples)))
@@ -68,6 +74,7 @@ class RolloutWorker:
             tmp = self.weights_root / f".incoming-v{version:06d}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+            check_room(tmp, sum(len(data) for data in files.values()), f"weights version {version}")
             for name, data in files.items():
                 if "/" in name or name.startswith("."):
                     raise ValueError(f"load_weights: refusing weight file name {name!r} (version {version})")
@@ -83,6 +90,13 @@ class RolloutWorker:
     def timeline(self, since: float) -> list[tuple[float, float]]:
         """Busy intervals overlapping [since, now], clipped to it."""
         return self.busy.spans(since)
+
+    async def close(self) -> None:
+        """Stop the engine and the workflow's reward processes."""
+        try:
+            await self.engine.close()
+        finally:
+            self.workflow.close()
 
     def stats(self) -> dict:
         """Engine busy intervals and counters for the driver's metrics."""

@@ -9,19 +9,24 @@ import random
 
 from areal.types import Trajectory, TrajectoryGroup
 from rollouts.engines.base import Engine, SamplingConfig
-from rollouts.rewards import failure_info, score_safely
+from rollouts.reward_pool import RewardPool
+from rollouts.rewards import RewardOutcome, failure_info
 from rollouts.tasks.base import Task, TaskSample
 
 
 class SingleTurnWorkflow:
-    """prompt -> n samples -> rewards, as one TrajectoryGroup."""
+    """prompt -> n samples -> rewards, as one TrajectoryGroup.
+
+    ``rewards`` scores completions with the task's reward in killable processes; the workflow owns it and
+    closes it in ``close``. A failed reward leaves its sample with reward NaN (``Trajectory.reward_ok`` False).
+    """
 
     action_unit = "tokens"
 
-    def __init__(self, task: Task, tokenizer, sampling: SamplingConfig, n: int, reward_timeout_s: float,
+    def __init__(self, task: Task, tokenizer, sampling: SamplingConfig, n: int, rewards: RewardPool,
                  length_tail: tuple[int, float] | None = None):
         self.task, self.tokenizer, self.sampling, self.n = task, tokenizer, sampling, n
-        self.reward_timeout_s = reward_timeout_s
+        self.rewards = rewards
         self.length_tail = length_tail  # (median, sigma) of a lognormal minimum length, or None
 
     def sampling_for_group(self, seed: int | None) -> SamplingConfig:
@@ -45,20 +50,23 @@ class SingleTurnWorkflow:
 
     async def run(self, engine: Engine, sample: TaskSample, submit_version: int,
                   seed: int | None = None) -> TrajectoryGroup:
-        """Sample the group (``seed``: its sampling seed) and score every completion off the event loop."""
+        """Sample the group (``seed``: its sampling seed) and score every completion in the reward pool."""
         prompt_ids = self.encode(sample)
         completions = await engine.generate(prompt_ids, self.sampling_for_group(seed), self.n)
-        outcomes = await asyncio.gather(
-            *(score_safely(lambda c=c: self.task.score(c.text, sample), self.reward_timeout_s) for c in completions)
-        )
+        outcomes = await asyncio.gather(*(self.rewards.score(c.text, sample) for c in completions))
         trajectories = tuple(
             Trajectory(tuple(prompt_ids), c.token_ids, c.logprobs, c.versions, o.value, c.text, c.finish_reason)
             for c, o in zip(completions, outcomes)
         )
         return TrajectoryGroup(sample.id, trajectories, submit_version, failure_info(outcomes))
 
-    async def evaluate(self, engine: Engine, sample: TaskSample) -> tuple[float, str]:
-        """Greedy (reward, completion) of a held-out sample under the engine's current weights."""
+    async def evaluate(self, engine: Engine, sample: TaskSample) -> tuple[RewardOutcome, str]:
+        """Greedy (reward outcome, completion) of a held-out sample under the engine's current weights; a
+        failed reward is an outcome, never a score or an exception."""
         greedy = SamplingConfig(max_new_tokens=self.sampling.max_new_tokens, temperature=0.0)
         (completion,) = await engine.generate(self.encode(sample), greedy, 1)
-        return float(self.task.score(completion.text, sample)), completion.text
+        return await self.rewards.score(completion.text, sample), completion.text
+
+    def close(self) -> None:
+        """Stop the reward processes."""
+        self.rewards.close()

@@ -92,3 +92,36 @@ def random_lm_batch(model, seeds: list[int], prompt_len: int = 4, completion_len
             trajs.append(Trajectory(prompt, completion, tuple(lp.tolist()), (0,) * len(completion), float(i % 2)))
         groups.append(TrajectoryGroup(str(seed), tuple(trajs), 0))
     return build_train_batch(groups, "grpo", pad_id=0)
+
+
+class HostileTask(FakeTask):
+    """FakeTask whose reward hangs on the completion "hang" and allocates 4 GB on "hog"."""
+
+    def score(self, completion: str, sample: TaskSample) -> float:
+        if completion == "hang":
+            import time
+
+            time.sleep(3600)
+        if completion == "hog":
+            return float(len(bytearray(4 << 30)))
+        return super().score(completion, sample)
+
+
+class FlakyImageReward:
+    """Brightness; the first call (in a process) raises, the second returns NaN."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, image, prompt) -> float:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("scorer crashed")
+        return float("nan") if self.calls == 2 else float(image.mean())
+
+
+class BrokenImageReward:
+    """An image reward that always raises."""
+
+    def __call__(self, image, prompt) -> float:
+        raise RuntimeError("scorer crashed")

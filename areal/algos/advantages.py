@@ -5,6 +5,12 @@ Outcome-reward estimators take a group reward matrix ``rewards`` [G, n]
 by prompt) and return per-token advantages [G*n, T]. They are registered in
 ``ADVANTAGE_ESTIMATORS`` by config name, so the learner never branches on the
 algorithm. GAE needs a value head and has its own entry point.
+
+Groups may be ragged: ``valid`` [G, n] marks the samples whose reward exists (a
+failed reward is not a score). Each estimator then treats a group as its valid
+samples alone (means, stds and leave-one-out baselines over them, whitening
+over their tokens) and gives the others zero advantage; with every sample
+valid the result is the plain estimator's.
 """
 
 from __future__ import annotations
@@ -29,37 +35,66 @@ def _check_group(rewards: torch.Tensor, mask: torch.Tensor | None, name: str, mi
         )
 
 
+def valid_rewards(rewards: torch.Tensor, valid: torch.Tensor | None, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rewards [G, n] float32 with 0 where not valid, valid [G, n] bool); ``valid`` None = all valid.
+
+    Rewards must be finite where valid: a failed reward is marked by ``valid`` (it is NaN in a Trajectory).
+    """
+    if valid is None:
+        valid = torch.ones_like(rewards, dtype=torch.bool)
+    if valid.shape != rewards.shape:
+        raise ValueError(f"{name}: valid must match rewards [groups, samples] = {tuple(rewards.shape)}, got "
+                         f"{tuple(valid.shape)}")
+    valid = valid.to(torch.bool)
+    if not torch.isfinite(rewards[valid]).all():
+        raise ValueError(f"{name}: rewards must be finite where valid (mark failed rewards valid=False), got "
+                         f"{rewards[valid & ~torch.isfinite(rewards)].tolist()}")
+    return torch.where(valid, rewards.to(torch.float32), 0.0), valid
+
+
 def broadcast_to_tokens(seq_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Copy one value per sequence [N] (or [G, n]) onto its masked tokens: [N, T]."""
     return seq_values.reshape(-1, 1).to(torch.float32) * mask.to(torch.float32)
 
 
-def grpo_advantages(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """GRPO: A = (r - mean_group) / (std_group + 1e-6), std with Bessel's correction (torch default)."""
+def _centred(r: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r - mean over each group's valid samples, zero elsewhere; valid count per group [G, 1])."""
+    count = valid.sum(dim=1, keepdim=True)
+    mean = r.sum(dim=1, keepdim=True) / count.clamp_min(1)
+    return (r - mean) * valid, count
+
+
+def grpo_advantages(rewards: torch.Tensor, mask: torch.Tensor, *, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """GRPO: A = (r - mean_group) / (std_group + 1e-6), std with Bessel's correction (torch default).
+
+    Over each group's valid samples; a group with one valid sample has nothing to compare with (A = 0).
+    """
     _check_group(rewards, mask, "grpo_advantages", min_n=2)
-    r = rewards.to(torch.float32)
-    adv = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, keepdim=True) + GROUP_EPS)
-    return broadcast_to_tokens(adv, mask)
+    r, valid = valid_rewards(rewards, valid, "grpo_advantages")
+    centred, count = _centred(r, valid)
+    std = ((centred**2).sum(dim=1, keepdim=True) / (count - 1).clamp_min(1)).sqrt()
+    return broadcast_to_tokens(centred / (std + GROUP_EPS), mask)
 
 
-def dr_grpo_advantages(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Dr.GRPO (Liu et al. 2025): A = r - mean_group, no std division.
+def dr_grpo_advantages(rewards: torch.Tensor, mask: torch.Tensor, *, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Dr.GRPO (Liu et al. 2025): A = r - mean_group, no std division (over each group's valid samples).
 
     Its token-sum normalisation is the loss's ``denominator`` (a constant such
     as batch * max_new_tokens), not part of the advantage.
     """
     _check_group(rewards, mask, "dr_grpo_advantages")
-    r = rewards.to(torch.float32)
-    return broadcast_to_tokens(r - r.mean(dim=1, keepdim=True), mask)
+    r, valid = valid_rewards(rewards, valid, "dr_grpo_advantages")
+    return broadcast_to_tokens(_centred(r, valid)[0], mask)
 
 
-def rloo_advantages(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """RLOO (Ahmadian et al. 2024): A_i = r_i - mean_{j != i} r_j = n/(n-1) (r_i - mean)."""
+def rloo_advantages(rewards: torch.Tensor, mask: torch.Tensor, *, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024): A_i = r_i - mean_{j != i} r_j = k/(k-1) (r_i - mean), over the k valid
+    samples of the group; a group with one valid sample has no baseline (A = 0)."""
     _check_group(rewards, mask, "rloo_advantages", min_n=2)
-    r = rewards.to(torch.float32)
-    n = r.shape[1]
-    baseline = (r.sum(dim=1, keepdim=True) - r) / (n - 1)
-    return broadcast_to_tokens(r - baseline, mask)
+    r, valid = valid_rewards(rewards, valid, "rloo_advantages")
+    count = valid.sum(dim=1, keepdim=True)
+    baseline = (r.sum(dim=1, keepdim=True) - r) / (count - 1).clamp_min(1)
+    return broadcast_to_tokens(torch.where(valid & (count >= 2), r - baseline, 0.0), mask)
 
 
 def outcome_token_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -97,10 +132,13 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -
     return (values - mean) / (var.sqrt() + eps) * m
 
 
-def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
-    """REINFORCE++ (Hu 2025): token returns-to-go, whitened over every masked token of the batch."""
+def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, *,
+                            valid: torch.Tensor | None = None) -> torch.Tensor:
+    """REINFORCE++ (Hu 2025): token returns-to-go, whitened over every masked token of the valid samples."""
     _check_group(rewards, mask, "reinforce_pp_advantages")
-    returns = discounted_returns(outcome_token_rewards(rewards, mask), mask, gamma)
+    r, valid = valid_rewards(rewards, valid, "reinforce_pp_advantages")
+    mask = mask.to(torch.float32) * valid.reshape(-1, 1)
+    returns = discounted_returns(outcome_token_rewards(r, mask), mask, gamma)
     return masked_whiten(returns, mask)
 
 
@@ -138,7 +176,7 @@ def zero_variance_groups(rewards: torch.Tensor, atol: float = 0.0) -> torch.Tens
     return (rewards.max(dim=1).values - rewards.min(dim=1).values) <= atol
 
 
-AdvantageEstimator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+AdvantageEstimator = Callable[..., torch.Tensor]  # (rewards [G, n], mask [G*n, T], *, valid [G, n]) -> [G*n, T]
 
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {
     "grpo": grpo_advantages,

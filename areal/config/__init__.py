@@ -9,8 +9,9 @@ from areal.config.algo import AlgoConfig
 from areal.config.controller import ControllerConfig
 from areal.config.diffusion import DiffusionConfig
 from areal.config.engine import EngineConfig
-from areal.config.experiment import CheckpointConfig, ClusterConfig, LoggingConfig, TrainConfig
+from areal.config.experiment import CheckpointConfig, ClusterConfig, TrainConfig
 from areal.config.learner import ByzantineConfig, LearnerConfig
+from areal.config.logging import LoggingConfig
 from areal.config.rollout import RolloutConfig
 from areal.config.task import TaskConfig
 

@@ -10,26 +10,9 @@ from areal.config.controller import ControllerConfig
 from areal.config.diffusion import DiffusionConfig
 from areal.config.engine import EngineConfig
 from areal.config.learner import LearnerConfig
+from areal.config.logging import LoggingConfig
 from areal.config.rollout import RolloutConfig
 from areal.config.task import TaskConfig
-
-
-@dataclass
-class LoggingConfig:
-    """Where metrics go (``logging.*``)."""
-
-    wandb_mode: str = "offline"
-    """wandb: offline (default, no network), online (needs WANDB_API_KEY) or disabled."""
-    wandb_project: str = "areal"
-    """wandb project name."""
-    tensorboard: bool = True
-    """Write TensorBoard event files under the run directory."""
-    progress: bool = True
-    """Live progress bar with ETA in the terminal."""
-
-    def __post_init__(self):
-        require(self.wandb_mode in ("offline", "online", "disabled"), "logging.wandb_mode", self.wandb_mode,
-                "offline, online or disabled")
 
 
 @dataclass
@@ -70,7 +53,10 @@ class TrainConfig:
     """Hugging Face model directory (engine.type=diffusers: a diffusers pipeline directory); empty = the tiny
     demo model (a char-level LM, or a class-conditional pixel UNet), bootstrapped and cached on first use."""
     out_dir: str = "runs/default"
-    """Run directory: metrics, TensorBoard, wandb, checkpoints."""
+    """Run directory: metrics, TensorBoard, wandb, checkpoints. A new run needs it empty or absent; to continue
+    the run in it, checkpoint.resume=true."""
+    overwrite: bool = False
+    """Delete the earlier run in out_dir (a directory with its config.yaml) and start a new run there."""
     seed: int = 0
     """Seed of the run (dataset order, engines, learner)."""
     batch_size: int = 8

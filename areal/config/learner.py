@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import Dict, List
 
-from areal.config._checks import require
+from areal.config._checks import check_resources, require
 
 AGGREGATORS = ("mean", "flag", "coordinate_median", "trimmed_mean", "krum", "multi_krum", "bulyan", "geometric_median")
 ATTACKS = ("random", "reverse", "sign_flip", "little_is_enough", "fall_of_empires", "gaussian", "dropped_coordinates")
@@ -67,6 +67,9 @@ class LearnerConfig:
     """Ray CPUs per learner actor."""
     num_gpus: float = 0.0
     """Ray GPUs per learner actor (1 on GPU machines)."""
+    resources: Dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources per learner actor, e.g. {learner_pool: 1}: the learner group (and a group rebuilt
+    after a failure) is placed only on nodes that advertise them (``ray start --resources``); empty = any node."""
     warmup_steps: int = 0
     """Optimizer steps of linear learning-rate warm-up from 0."""
     lr_decay: str = "constant"
@@ -132,6 +135,7 @@ class LearnerConfig:
             from areal.aggregation.bucketed import check_rule  # torch-only; keeps config import light otherwise
 
             check_rule(self.aggregator, self.workers, self.aggregator_f)
+        check_resources(self.resources, "learner.resources")
         require(self.max_restarts >= 0, "learner.max_restarts", self.max_restarts, "an int >= 0")
         for key in ("step_timeout_s", "start_timeout_s"):
             require(getattr(self, key) > 0, f"learner.{key}", getattr(self, key), "a positive number of seconds")

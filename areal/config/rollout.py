@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Dict
 
-from areal.config._checks import require
+from areal.config._checks import check_resources, require
 
 
 @dataclass
@@ -37,12 +38,18 @@ class RolloutConfig:
     """Ray CPUs reserved per rollout actor."""
     num_gpus: float = 0.0
     """Ray GPUs per rollout actor (0 on CPU machines)."""
+    resources: Dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources per rollout actor, e.g. {rollout_pool: 1}: rollout actors (and their replacements)
+    run only on nodes that advertise them (``ray start --resources``); empty = any node."""
     generate_timeout_s: float = 600.0
     """A group that takes longer fails with an error naming the worker."""
     weight_sync_timeout_s: float = 300.0
     """A weight update that takes longer fails with an error naming the worker and version."""
     start_timeout_s: float = 900.0
     """Engine start-up (first start JIT-compiles kernels on CPU)."""
+    staging_dir: str = ""
+    """Where each rollout actor stages the weight files it receives before its engine loads them (up to two
+    versions at once, deleted when the actor stops); "" = /dev/shm (RAM) when present, else the temp dir."""
 
     def __post_init__(self):
         require(self.workers >= 1, "rollout.workers", self.workers, "an int >= 1")
@@ -60,6 +67,7 @@ class RolloutConfig:
         require(0 <= self.length_tail_median <= self.max_new_tokens, "rollout.length_tail_median",
                 self.length_tail_median, f"0 (off) or at most rollout.max_new_tokens ({self.max_new_tokens})")
         require(self.length_tail_sigma > 0, "rollout.length_tail_sigma", self.length_tail_sigma, "a positive float")
+        check_resources(self.resources, "rollout.resources")
         for key in ("generate_timeout_s", "weight_sync_timeout_s", "start_timeout_s"):
             require(getattr(self, key) > 0, f"rollout.{key}", getattr(self, key), "a positive number of seconds")
 

@@ -33,7 +33,14 @@ class TaskConfig:
     """Held-out prompts scored at each evaluation (image_prompts: images from fixed seeds, cycling the prompts;
     they also make the sample grid)."""
     reward_timeout_s: float = 10.0
-    """A reward computation that takes longer scores 0 and is counted as a timeout."""
+    """A reward computation that takes longer is killed (its process replaced) and counted as a timeout; the
+    sample gets no score and is not trained on."""
+    reward_workers: int = 2
+    """Processes per rollout worker that compute rewards (held-out scores too), each scoring one output at a
+    time; started once with the rollout worker."""
+    reward_memory_mb: int = 8192
+    """Address-space limit (RLIMIT_AS) of each reward process, in MB: a reward that allocates more fails with
+    status memory. Virtual, not resident, memory: a scorer model on torch needs a few GB."""
 
     def __post_init__(self):
         require(self.type in TASK_TYPES, "task.type", self.type, f"one of {', '.join(TASK_TYPES)}")
@@ -45,3 +52,6 @@ class TaskConfig:
         require(self.eval_size >= 1, "task.eval_size", self.eval_size, "an int >= 1")
         require(self.reward_timeout_s > 0, "task.reward_timeout_s", self.reward_timeout_s,
                 "a positive number of seconds")
+        require(self.reward_workers >= 1, "task.reward_workers", self.reward_workers, "an int >= 1")
+        require(self.reward_memory_mb >= 256, "task.reward_memory_mb", self.reward_memory_mb,
+                "an int >= 256 (MB of address space per reward process)")

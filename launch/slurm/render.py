@@ -1,4 +1,5 @@
-"""Render the sbatch template: a Ray head on the first allocated node, workers on the rest, the driver."""
+"""Render the sbatch template: a Ray head on the first allocated node, workers on the rest, the driver, all
+with Ray token authentication (a fresh token per job)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class SlurmJob:
     venv: str = str(ROOT / ".venv")
     log_dir: str = "runs/slurm-logs"
     ray_port: int = 6379
+    token_dir: str = ""  # where the job's Ray token file goes, readable by every node; "" = $HOME/.areal/ray-auth
     overrides: list[str] = field(default_factory=list)
     extra_sbatch: list[str] = field(default_factory=list)  # e.g. ["#SBATCH --partition=gpu"]
 
@@ -35,6 +37,8 @@ class SlurmJob:
         bad = [line for line in self.extra_sbatch if not line.startswith("#SBATCH ")]
         if bad:
             raise ValueError(f"slurm job: extra sbatch lines must start with '#SBATCH ', got {bad}")
+        if "," in self.token_dir:  # the path travels in `srun --export=...`, whose entries are comma-separated
+            raise ValueError(f"slurm job: token_dir must not contain ',', got {self.token_dir!r}")
 
 
 def render(job: SlurmJob) -> str:
@@ -43,7 +47,7 @@ def render(job: SlurmJob) -> str:
     values["overrides"] = " ".join(shlex.quote(o) for o in job.overrides)
     gpus = [f"#SBATCH --gpus-per-node={job.gpus_per_node}"] if job.gpus_per_node else []
     values["sbatch_lines"] = "\n".join(gpus + job.extra_sbatch)
-    values = {k: (shlex.quote(v) if k in ("out_dir", "project_dir", "venv", "log_dir") else str(v))
+    values = {k: (shlex.quote(v) if k in ("out_dir", "project_dir", "venv", "log_dir", "token_dir") else str(v))
               for k, v in values.items()}
     text = re.sub(r"@(\w+)@", lambda m: values[m.group(1)], TEMPLATE.read_text())
     return text

@@ -116,6 +116,7 @@ class VLLMEngine(Engine):
             # over the nucleus; at temperature 0 they are log_softmax(logits).
             logprobs_mode="processed_logprobs",
             disable_log_stats=True,
+            use_tqdm_on_load=False,  # a progress bar per weight load, i.e. per policy version
             worker_extension_cls=f"{__name__}.{TiedHeadReloadExtension.__qualname__}",
         )
         if on_gpu:

@@ -105,8 +105,9 @@ class GSM8KTask(Task):
         text = completion.split(END_MARKER, 1)[0]
         if FINAL_ANSWER_MARK in text:
             text = text.rsplit(FINAL_ANSWER_MARK, 1)[1]
-        # math-verify's own timeouts use signal.alarm, which fails off the main thread, and rewards
-        # run in worker threads; score_safely enforces task.reward_timeout_s instead
+        # math-verify's own timeouts stay off: they use signal.alarm (main thread only) and, on expiry, make
+        # parse/verify return "no match", a wrong answer rather than a failure. The reward pool
+        # (rollouts.reward_pool) kills a call past task.reward_timeout_s instead: a timeout, no score.
         predicted = parse(text, parsing_timeout=None)
         if not predicted:
             return 0.0

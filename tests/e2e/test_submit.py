@@ -1,4 +1,5 @@
-"""`areal submit` / `status` / `logs` against a real Ray head started with `ray start --head` on 127.0.0.1."""
+"""`areal submit` / `status` / `logs` against a real Ray head started with `ray start --head` on 127.0.0.1, with
+token authentication on as `areal slurm` starts it (RAY_AUTH_MODE=token, the token in a 0600 file)."""
 
 import json
 import os
@@ -32,18 +33,23 @@ def free_ports(n: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def ray_head():
-    """A separate single-node Ray cluster (its own ports and temp dir, so the test session's Ray is untouched)."""
+def ray_head(tmp_path_factory):
+    """A separate single-node Ray cluster (its own ports and temp dir, so the test session's Ray is untouched);
+    yields (dashboard address, token file)."""
     ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
     temp_dir = f"/tmp/areal-head-{uuid.uuid4().hex[:6]}"
+    token_file = tmp_path_factory.mktemp("auth") / "ray.token"
+    token_file.write_text(uuid.uuid4().hex + uuid.uuid4().hex)
+    token_file.chmod(0o600)
     ray = str(Path(sys.executable).with_name("ray"))
     args = [ray, "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--num-cpus=3",
             "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}",
             *(f"{flag}={port}" for flag, port in ports.items())]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+    for var in ("RAY_ADDRESS", "RAY_AUTH_TOKEN"):
+        env.pop(var, None)
     subprocess.run(args, check=True, env=env, capture_output=True, timeout=120)
-    yield f"http://127.0.0.1:{ports['--dashboard-port']}"
+    yield f"http://127.0.0.1:{ports['--dashboard-port']}", str(token_file)
     # stop only this cluster: every process started under its temp dir (`ray stop` would stop all of them)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         out = subprocess.run(["pgrep", "-f", temp_dir], capture_output=True, text=True).stdout.split()
@@ -61,10 +67,27 @@ def run_cli(capsys, *argv) -> str:
     return capsys.readouterr().out
 
 
+def test_without_the_token_the_cluster_refuses_in_one_line(ray_head, tmp_path, capsys, monkeypatch):
+    address, _ = ray_head
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # nothing from the environment or ~/.ray/auth_token
+    assert main(["status", "areal-none", "--address", address]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no token was given" in err and "--token-file" in err
+    wrong = tmp_path / "wrong.token"
+    wrong.write_text("0" * 64)
+    assert main(["status", "areal-none", "--address", address, "--token-file", str(wrong)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"rejected the token from {wrong}" in err
+
+
 def test_a_submitted_run_is_followed_to_the_end(ray_head, tmp_path, capsys, monkeypatch):
     from tests.tiny_pipelines import class_conditional_pipeline
 
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ray_head, token_file = ray_head
+    # the token comes from RAY_AUTH_TOKEN_PATH here, as on a Slurm node; the job's driver gets it from the head
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", token_file)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     pipe = class_conditional_pipeline(tmp_path / "pipe", labels=("circle", "square"))
     out_dir = tmp_path / "run"
     printed = run_cli(capsys, "submit", "--address", ray_head, "--python", sys.executable, "experiment=ddpo_tiny",
@@ -86,4 +109,5 @@ def test_a_submitted_run_is_followed_to_the_end(ray_head, tmp_path, capsys, monk
     assert states[-1] == "SUCCEEDED", logs[-3000:]
     assert "held-out reward" in logs and "after 2 steps" in logs
     assert json.loads((out_dir / "summary.json").read_text())["steps"] == 2
-    assert run_cli(capsys, "stop", job_id, "--address", ray_head).endswith("already ended\n")
+    assert run_cli(capsys, "stop", job_id, "--address", ray_head, "--token-file", token_file).endswith(
+        "already ended\n")

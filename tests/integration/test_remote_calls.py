@@ -31,3 +31,30 @@ def test_a_hung_call_names_the_actor_the_call_and_the_setting(ray_session):
     assert wait_all([quick.nap.remote(0.0)], 30, "nap", "x") == [0.0]
     for actor in (quick, stuck):
         ray.kill(actor)
+
+
+def test_the_run_summary_survives_a_rollout_worker_that_never_answers(ray_session):
+    import ray
+
+    from actors.rollout_fleet import RolloutFleet
+    from areal.config import TrainConfig
+
+    @ray.remote(num_cpus=0)
+    class Engine:
+        def __init__(self, version: int, hang: bool):
+            self.version, self.hang = version, hang
+
+        def stats(self) -> dict:
+            if self.hang:
+                time.sleep(30)
+            return {"version": self.version}
+
+    fleet = RolloutFleet(TrainConfig(), "unused", use_gpu=False, tag="test")
+    fleet.actors = {0: Engine.remote(7, hang=False), 1: Engine.remote(7, hang=True)}
+    for worker in fleet.actors:
+        fleet.pool.add(worker)
+    start = time.monotonic()
+    assert fleet.engine_versions(timeout_s=2.0) == [7]  # the hung one is logged and left out
+    assert time.monotonic() - start < 15
+    for actor in fleet.actors.values():
+        ray.kill(actor)

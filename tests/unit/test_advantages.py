@@ -118,3 +118,47 @@ def test_registry_names_the_choices_on_a_miss():
     assert make_advantage_estimator("rloo") is rloo_advantages
     with pytest.raises(ValueError, match="algo.advantage.*'grpo'"):
         make_advantage_estimator("ppo2")
+
+
+# Ragged groups: samples whose reward failed (valid=False, reward NaN) are not part of their group.
+RAGGED = torch.tensor([[1.0, math.nan, 0.0, 2.0], [0.5, 3.0, math.nan, math.nan], [math.nan, 4.0, 1.0, 1.0]])
+VALID = ~torch.isnan(RAGGED)
+RAGGED_MASK = (torch.rand(12, 5, generator=torch.Generator().manual_seed(3)) > 0.2).float()
+
+
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo"])
+def test_group_estimators_see_a_group_as_its_valid_samples_alone(name):
+    """Reference loop: each group's valid samples, estimated as a group of their own."""
+    fn = ADVANTAGE_ESTIMATORS[name]
+    adv = fn(RAGGED, RAGGED_MASK, valid=VALID)
+    for g in range(3):
+        rows = [4 * g + i for i in range(4) if VALID[g, i]]
+        alone = fn(RAGGED[g][VALID[g]].reshape(1, -1), RAGGED_MASK[rows])
+        torch.testing.assert_close(adv[rows], alone)
+    assert not adv[~VALID.reshape(-1)].any()
+
+
+def test_reinforce_pp_whitens_over_the_valid_samples_tokens_only():
+    adv = reinforce_pp_advantages(RAGGED, RAGGED_MASK, valid=VALID)
+    rows = VALID.reshape(-1)
+    alone = reinforce_pp_advantages(RAGGED.reshape(1, -1)[:, rows], RAGGED_MASK[rows])
+    torch.testing.assert_close(adv[rows], alone)
+    assert not adv[~rows].any()
+
+
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo"])
+def test_a_group_with_one_valid_sample_has_nothing_to_compare_with(name):
+    rewards = torch.tensor([[2.0, math.nan, math.nan]])
+    assert not ADVANTAGE_ESTIMATORS[name](rewards, torch.ones(3, 2), valid=~torch.isnan(rewards)).any()
+
+
+def test_every_valid_sample_matches_the_plain_estimator():
+    for fn in ADVANTAGE_ESTIMATORS.values():
+        torch.testing.assert_close(fn(REWARDS, MASK, valid=torch.ones_like(REWARDS, dtype=torch.bool)),
+                                   fn(REWARDS, MASK))
+
+
+def test_a_nan_reward_must_be_marked_invalid():
+    for fn in ADVANTAGE_ESTIMATORS.values():
+        with pytest.raises(ValueError, match="valid=False"):
+            fn(RAGGED, RAGGED_MASK)

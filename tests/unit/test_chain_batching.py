@@ -7,7 +7,7 @@ import torch
 
 from areal.algos.ddpo import PerPromptStatTracker
 from areal.batching import ChainBatcher
-from areal.types import ChainTrajectory, TrajectoryGroup, group_from_dict, group_to_dict
+from areal.types import FAILED_REWARD, ChainTrajectory, TrajectoryGroup, group_from_dict, group_to_dict
 
 
 def chain(prompt: str, reward: float, steps: int = 3, seed: int = 0) -> ChainTrajectory:
@@ -85,3 +85,29 @@ def test_advantages_are_centred_within_each_group_even_when_the_history_baseline
     batch = batcher.build([group("cat", [1.0, 3.0]), group("dog", [0.0, 5.0])])
     assert abs(float(batch.advantages[:2].sum())) < 1e-6 and abs(float(batch.advantages[2:].sum())) < 1e-6
     assert batch.advantages[1] > batch.advantages[0] and batch.advantages[3] > batch.advantages[2]
+
+
+JPEG_LIKE = [-1.4, -1.5, FAILED_REWARD, -1.3]  # compressibility rewards: 0 would be the best score there is
+
+
+@pytest.mark.parametrize("tracked", [False, True])
+def test_a_failed_chain_carries_no_loss_and_stays_out_of_the_statistics(tracked):
+    def batcher():
+        return ChainBatcher(PerPromptStatTracker(buffer_size=8, min_count=2) if tracked else None)
+
+    with_failure = batcher()
+    batch = with_failure.build([group("cat", JPEG_LIKE), group("dog", [0.5, 1.5])])
+    assert batch.advantages[2] == 0 and torch.isfinite(batch.advantages).all()
+    # the scored chains get what they would get had the failed one never been sampled
+    without = batcher().build([group("cat", [-1.4, -1.5, -1.3]), group("dog", [0.5, 1.5])])
+    torch.testing.assert_close(batch.advantages[[0, 1, 3, 4, 5]], without.advantages)
+    assert batch.advantages[3] > 0 > batch.advantages[1]
+    if tracked:
+        assert with_failure.state_dict()["tracker"]["cat"] == [-1.4, -1.5, -1.3]
+
+
+def test_a_group_of_failed_chains_gets_no_advantage():
+    batcher = ChainBatcher(PerPromptStatTracker(buffer_size=8, min_count=2))
+    batch = batcher.build([group("cat", [FAILED_REWARD, FAILED_REWARD]), group("dog", [0.5, 1.5])])
+    assert batch.advantages[:2].tolist() == [0.0, 0.0] and "cat" not in batcher.state_dict()["tracker"]
+    torch.testing.assert_close(batch.advantages[2:], torch.tensor([-1.0, 1.0]), atol=1e-5, rtol=0)

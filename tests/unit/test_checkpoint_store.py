@@ -16,7 +16,7 @@ def save(store: CheckpointStore, step: int, payload: bytes = b"weights") -> None
     (staging / "model" / "model.safetensors").write_bytes(payload + bytes([step]))
     files = write_state(staging / "learner", "rank-000", {"step": torch.tensor(float(step))})
     files.append(staging / "model" / "model.safetensors")
-    store.commit(staging, digests(staging, files), {"step": step, "version": step})
+    store.commit(staging, digests(staging, files), {"step": step, "version": step, "learner_workers": 1})
 
 
 def test_optimizer_scheduler_and_rng_state_round_trip_exactly(tmp_path):
@@ -88,3 +88,66 @@ def test_a_manifest_that_is_not_json_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="not valid JSON"):
         store.verify(tmp_path / "step-00000002")
     json.loads((tmp_path / "step-00000002" / "learner" / "rank-000.json").read_text())
+
+
+def test_a_manifest_without_its_file_list_is_refused_like_any_damaged_one(tmp_path):
+    store = CheckpointStore(tmp_path, keep_last=3)
+    save(store, 2)
+    save(store, 4)
+    manifest = tmp_path / "step-00000004" / "manifest.json"
+    manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "files"}))
+    with pytest.raises(CheckpointError, match="no valid file list"):
+        store.verify(tmp_path / "step-00000004")
+    assert store.latest_valid()[0].name == "step-00000002"
+
+
+def test_saving_a_step_again_never_leaves_a_moment_without_a_complete_copy(tmp_path, monkeypatch):
+    from learners import checkpoint
+
+    store = CheckpointStore(tmp_path, keep_last=3)
+    save(store, 4, b"first")
+    final = tmp_path / "step-00000004"
+    real_rmtree, removed = checkpoint.shutil.rmtree, []
+
+    def checked_rmtree(path, *args, **kwargs):  # every deletion happens while a verified copy is in place
+        assert not final.samefile(path), "deleted the committed copy before the new one was in place"
+        store.verify(final)
+        removed.append(path)
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", checked_rmtree)
+    save(store, 4, b"second")
+    assert removed, "the old copy was not removed"
+    assert (final / "model" / "model.safetensors").read_bytes() == b"second" + bytes([4])
+    assert [p.name for p in tmp_path.iterdir()] == ["step-00000004"]
+
+
+def test_without_an_atomic_swap_the_old_copy_steps_aside_until_the_new_one_is_in_place(tmp_path, monkeypatch):
+    from learners import checkpoint
+
+    monkeypatch.setattr(checkpoint, "exchange_paths", lambda a, b: False)  # e.g. NFS
+    store = CheckpointStore(tmp_path, keep_last=3)
+    save(store, 4, b"first")
+    save(store, 4, b"second")
+    assert (tmp_path / "step-00000004" / "model" / "model.safetensors").read_bytes() == b"second" + bytes([4])
+    assert [p.name for p in tmp_path.iterdir()] == ["step-00000004"]
+
+
+def test_every_checkpoint_file_and_directory_reaches_stable_storage_before_commit(tmp_path, monkeypatch):
+    import os
+
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    store = CheckpointStore(tmp_path)
+    save(store, 2)
+    final = tmp_path / "step-00000002"
+    files = json.loads((final / "manifest.json").read_text())["files"]
+    staged = {p.split("/.staging-step-00000002-")[-1].split("/", 1)[-1] for p in synced if ".staging-" in p}
+    assert set(files) | {"manifest.json"} <= staged
+    assert str(tmp_path) in synced  # the rename into place

@@ -68,3 +68,22 @@ def test_the_diffusion_preset_composes_and_its_mistakes_are_named():
             load_config(["experiment=ddpo_tiny", *overrides])
     with pytest.raises(ConfigError, match="task.type"):
         load_config(["experiment=arith_tiny", "engine.type=diffusers"])
+
+
+def test_reward_process_settings_are_checked_and_named():
+    cfg, _ = load_config(["experiment=arith_tiny", "task.reward_workers=3", "task.reward_memory_mb=2048"])
+    assert (cfg.task.reward_workers, cfg.task.reward_memory_mb) == (3, 2048)
+    for override, named in (("task.reward_workers=0", "task.reward_workers"),
+                            ("task.reward_memory_mb=100", "task.reward_memory_mb")):
+        with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+            load_config(["experiment=arith_tiny", override])
+
+
+def test_node_pools_are_custom_resources_checked_and_named():
+    cfg, _ = load_config(["+rollout.resources.rollout_pool=1", "+learner.resources={learner_pool: 0.5}"])
+    assert cfg.rollout.resources == {"rollout_pool": 1.0} and cfg.learner.resources == {"learner_pool": 0.5}
+    assert load_config([])[0].rollout.resources == {}  # empty: any node
+    for override, named in (("+rollout.resources.rollout_pool=0", "rollout.resources.rollout_pool"),
+                            ("+learner.resources.GPU=1", "learner.resources")):
+        with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+            load_config([override])

@@ -135,3 +135,21 @@ def test_busy_tracker_counts_overlaps_once():
     assert tracker.idle_fraction(since=3.0) == 1.0
     with pytest.raises(RuntimeError):
         tracker.end()
+
+
+def test_a_run_that_accepts_nothing_is_stalled_and_told_why():
+    from areal.controller import stall_message
+
+    ctl = controller(eta=10, filter_flat=True)
+    for _ in range(5):  # every sample scored the same (e.g. a reward that always fails to 0.0)
+        r = ctl.next_rollout()
+        ctl.on_group(r.ticket, group("p", [0.0, 0.0], 0))
+    r = ctl.next_rollout()
+    ctl.on_failure(r.ticket)
+    assert not ctl.stalled(7) and ctl.stalled(6) and not ctl.stalled(0)
+    message = stall_message(ctl.since_accepted, 6, 12, "ModuleNotFoundError: No module named 'math_verify'")
+    assert "5 filtered" in message and "1 failed" in message and "controller.max_unaccepted_groups=6" in message
+    assert "algo.filter_zero_variance=false" in message and "math_verify" in message
+    r = ctl.next_rollout()
+    ctl.on_group(r.ticket, group("p", [0.0, 1.0], 0))  # one accepted group resets the count
+    assert not ctl.stalled(1) and not ctl.since_accepted

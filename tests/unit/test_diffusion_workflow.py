@@ -1,7 +1,6 @@
 """A diffusion episode: n chains of one prompt, each final image scored; bad rewards are recorded, not fatal."""
 
 import asyncio
-import itertools
 import math
 
 import numpy as np
@@ -11,7 +10,9 @@ from areal.config import DiffusionConfig
 from rollouts.diffusion_workflow import DiffusionWorkflow
 from rollouts.engines.diffusion_sampler import DiffusionSampler
 from rollouts.image_rewards import JpegCompressibility
+from rollouts.reward_pool import RewardPool
 from rollouts.tasks.image_prompts import ImagePromptTask, load_prompts
+from tests.fakes import BrokenImageReward, FlakyImageReward
 from tests.tiny_pipelines import class_conditional_pipeline
 
 
@@ -21,42 +22,49 @@ def sampler(tmp_path_factory):
                             DiffusionConfig(num_steps=3))
 
 
-class FlakyReward:
-    """Brightness; the first call raises, the second returns NaN."""
-
-    def __init__(self):
-        self.calls = itertools.count()
-
-    def __call__(self, image, prompt):
-        call = next(self.calls)
-        if call == 0:
-            raise RuntimeError("scorer crashed")
-        return math.nan if call == 1 else float(image.mean())
+def workflow_for(task: ImagePromptTask, n: int) -> DiffusionWorkflow:
+    """A workflow with one reward process (calls reach it in order); close it after use."""
+    return DiffusionWorkflow(task, n, RewardPool(task.score, workers=1, timeout_s=5.0, memory_mb=1024))
 
 
 def test_a_group_holds_n_scored_chains_of_its_prompt(sampler, tmp_path):
     task = ImagePromptTask(load_prompts("", sampler.policy.path), JpegCompressibility(), eval_size=2)
-    group = asyncio.run(DiffusionWorkflow(task, n=3, reward_timeout_s=5).run(sampler, task.train[1], 7, seed=1))
+    workflow = workflow_for(task, n=3)
+    group = asyncio.run(workflow.run(sampler, task.train[1], 7, seed=1))
+    workflow.close()
     assert group.prompt_id == "p1" and group.submit_version == 7 and len(group.trajectories) == 3
     assert all(t.prompt == "blue" and t.reward < 0 and len(t.timesteps) == 3 for t in group.trajectories)
     assert group.info["reward_failures"] == {}
 
 
-def test_rewards_that_raise_or_return_nan_score_zero_and_are_counted(sampler):
-    task = ImagePromptTask(["red"], FlakyReward(), eval_size=1)
-    group = asyncio.run(DiffusionWorkflow(task, n=4, reward_timeout_s=5).run(sampler, task.train[0], 0, seed=0))
+def test_rewards_that_raise_or_return_nan_are_counted_and_never_scored(sampler):
+    task = ImagePromptTask(["red"], FlakyImageReward(), eval_size=1)
+    workflow = workflow_for(task, n=4)
+    group = asyncio.run(workflow.run(sampler, task.train[0], 0, seed=0))
+    workflow.close()
     assert group.info["reward_failures"] == {"error": 1, "nonfinite": 1}
-    assert "scorer crashed" in group.info["reward_failure_example"] or "nan" in group.info["reward_failure_example"]
-    assert sorted(t.reward for t in group.trajectories)[:2] == [0.0, 0.0]
-    assert all(math.isfinite(t.reward) for t in group.trajectories)
+    assert "scorer crashed" in group.info["reward_failure_example"]
+    assert group.reward_ok == [False, False, True, True] and len(group.rewards) == 2
+    assert all(math.isnan(t.reward) for t in group.trajectories[:2])
+    assert all(math.isfinite(r) and r > 0 for r in group.rewards)  # brightness, not 0
+
+
+def test_a_failed_held_out_reward_is_an_outcome_not_a_score(sampler):
+    task = ImagePromptTask(["red"], BrokenImageReward(), eval_size=1)
+    workflow = workflow_for(task, n=1)
+    outcome, image = asyncio.run(workflow.evaluate(sampler, task.eval[0]))
+    workflow.close()
+    assert outcome.status == "error" and math.isnan(outcome.value) and "scorer crashed" in outcome.detail
+    assert image.dtype == np.uint8
 
 
 def test_evaluation_draws_the_same_noise_every_time(sampler):
     task = ImagePromptTask(["red", "blue"], JpegCompressibility(), eval_size=3)
-    workflow = DiffusionWorkflow(task, n=2, reward_timeout_s=5)
+    workflow = workflow_for(task, n=2)
     first = asyncio.run(workflow.evaluate(sampler, task.eval[2]))
     again = asyncio.run(workflow.evaluate(sampler, task.eval[2]))
-    assert first[0] == again[0] and np.array_equal(first[1], again[1])
+    workflow.close()
+    assert first[0].ok and first[0] == again[0] and np.array_equal(first[1], again[1])
     assert [s.prompt for s in task.eval] == ["red", "blue", "red"]
 
 

@@ -98,3 +98,16 @@ def test_aesthetic_scorer_files_that_do_not_fit_are_named(aesthetic_dir, tmp_pat
               tmp_path / "wide" / "aesthetic_head.safetensors")
     with pytest.raises(ValueError, match="projection_dim"):
         AestheticScore(str(tmp_path / "wide"))(FLAT, "p")
+
+
+def test_rewards_can_be_sent_to_a_reward_process(aesthetic_dir):
+    """Rewards run in spawned processes (rollouts.reward_pool), so they travel pickled; a loaded scorer model
+    stays behind and loads again on the other side."""
+    import pickle
+
+    scorer = make_image_reward("aesthetic", str(aesthetic_dir))
+    score = scorer(NOISY, "p")
+    copy = pickle.loads(pickle.dumps(scorer))
+    assert copy._parts is None and copy(NOISY, "p") == pytest.approx(score, abs=1e-6)
+    user = pickle.loads(pickle.dumps(make_image_reward("tests.unit.test_image_rewards:brightness")))
+    assert user(FLAT, "p") == 120.0

@@ -3,17 +3,20 @@
 import json
 
 from launch.cli import main
-from launch.report import PLOTS, read_jsonl, staleness_counts, write_report
+from launch.report import PLOTS, read_jsonl, series, staleness_counts, write_report
 
 
-def fake_run(path, steps=6, finished=True, torn=False):
-    """A run directory as the driver writes it (metrics.jsonl, timeline.jsonl, config.yaml, summary.json)."""
+def fake_run(path, steps=6, finished=True, torn=False, timed=True):
+    """A run directory as the driver writes it (metrics.jsonl, timeline.jsonl, config.yaml, summary.json);
+    ``timed``: rows carry time and elapsed_s (3 s per step after a 40 s start), as every run now writes them."""
     path.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({"step": 0, "eval/accuracy": 0.4})]
+    clock = (lambda s: {"time": 1_700_000_040.0 + 3 * s, "elapsed_s": 40.0 + 3 * s}) if timed else (lambda s: {})
+    lines = [json.dumps({"step": 0, **clock(0), "eval/accuracy": 0.4})]
     for s in range(1, steps + 1):
         lines.append(json.dumps({
-            "step": s, "rollout/reward_mean": 0.1 * s, "learner/loss": 1.0 / s, "learner/clip_fraction": 0.1,
-            "learner/approx_kl": 1e-3, "rollout/tokens_per_s": 100.0 + s, "learner/tokens_per_s": 90.0,
+            "step": s, **clock(s), "rollout/reward_mean": 0.1 * s, "learner/loss": 1.0 / s,
+            "learner/clip_fraction": 0.1, "learner/approx_kl": 1e-3, "rollout/tokens_per_s": 100.0 + s,
+            "learner/tokens_per_s": 90.0,
             "weights/sync_seconds": 0.02, "staleness/hist_0": 2.0, "staleness/hist_1": float(s),
             "staleness/mean": 0.5}))
     text = "\n".join(lines) + "\n" + ('{"step": 7, "rollout/rew' if torn else "")
@@ -65,3 +68,21 @@ def test_the_cli_writes_the_report_and_names_a_missing_run(tmp_path, capsys):
     assert (tmp_path / "r" / "report.html").exists()
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_accuracy_and_reward_can_be_drawn_against_the_seconds_since_the_run_started(tmp_path):
+    run = fake_run(tmp_path / "run", steps=3)
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert series(rows, "eval/accuracy", x="time") == ([40.0], [0.4])
+    assert series(rows, "rollout/reward_mean", x="time")[0] == [43.0, 46.0, 49.0]
+    assert series(rows, "rollout/reward_mean")[0] == [1, 2, 3]  # by step, as before
+    assert main(["report", str(run), "--x", "time"]) == 0
+    text = (run / "report" / "report.html").read_text()
+    assert "per-step plots against: seconds since the run started" in text and "rollout/reward_mean" in text
+
+
+def test_drawing_against_time_needs_rows_that_carry_it(tmp_path, capsys):
+    run = fake_run(tmp_path / "old", timed=False)  # written before rows carried elapsed_s
+    assert main(["report", str(run), "--x", "time"]) == 2
+    assert "use --x step" in capsys.readouterr().err
+    assert main(["report", str(run)]) == 0

@@ -160,7 +160,15 @@ def test_gsm8k_score_with_math_verify(tmp_path, completion, reward):
 
 
 def test_gsm8k_score_runs_off_the_main_thread(tmp_path):
-    # rewards run in worker threads (rollouts.rewards.score_safely); math-verify's signal timeouts would fail there
+    # math-verify's signal timeouts stay off (the reward pool kills a hung call), so any thread may score
     task = GSM8KTask(_write_jsonl(tmp_path / "d.jsonl", _rows(2)), eval_size=1)
     sample = TaskSample(id="x", prompt="", reference="1234")
     assert asyncio.run(asyncio.to_thread(task.score, "#### 1,234", sample)) == 1.0
+
+
+def test_gsm8k_score_can_be_sent_to_a_reward_process(tmp_path):
+    import pickle
+
+    task = GSM8KTask(_write_jsonl(tmp_path / "d.jsonl", _rows(2)), eval_size=1)
+    score = pickle.loads(pickle.dumps(task.score))  # what rollouts.reward_pool sends to its processes
+    assert score("#### 1,234", TaskSample(id="x", prompt="", reference="1234")) == 1.0
