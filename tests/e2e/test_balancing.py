@@ -31,7 +31,9 @@ def test_a_starving_learner_gets_another_rollout_worker(ray_session, tmp_path):
                                    "rollout.max_workers=2")
     assert steps[0]["learner/idle_fraction"] > 0.1
     assert summary["rollout_workers"] + summary["rollout_workers_starting"] == 2
-    if summary["rollout_workers"] == 2:  # the new worker served before the run ended
+    # a worker serving through a whole step window gets rollouts (generation is the bottleneck): its busy
+    # spans are in the timeline. One that joined in the last step or during the final evaluation may have none.
+    if any(s["rollout/workers"] == 2 for s in steps[:-1]):
         assert any(row["actor"] == "rollout-1" for row in timeline)
 
 
