@@ -68,6 +68,7 @@ class Driver:
         # held-out score: greedy accuracy of text, reward of fixed-seed images
         self.eval_key = "eval/reward" if cfg.is_diffusion else "eval/accuracy"
         self.model_path, self.use_gpu = model_path, use_gpu
+        self.fingerprint = run_fingerprint(cfg, task.train, model_path)  # what its checkpoints depend on
         self.out_dir = Path(cfg.out_dir)
         self.deterministic = cfg.controller.deterministic
         self.tag = f"areal-{uuid.uuid4().hex[:8]}"
@@ -115,8 +116,7 @@ class Driver:
         """Train until the learners hold version ``total_steps``; returns the run summary."""
         start = time.time()
         initial, initial_outputs = self.evaluate()
-        self.emit(self.version, {self.eval_key: initial})
-        log.info("step %d: held-out %s %.3f", self.version, self.eval_key, initial, extra=MILESTONE)
+        self.emit(self.version, initial)
         loop_started = time.time()
         self.metrics.new_window()
         while self.version < self.cfg.total_steps:
@@ -138,12 +138,12 @@ class Driver:
                 self.finish_step()
         loop_seconds = time.time() - loop_started
         final, final_outputs = self.evaluate()
-        self.emit(self.version, {self.eval_key: final})
-        log.info("step %d: held-out %s %.3f", self.version, self.eval_key, final, extra=MILESTONE)
+        self.emit(self.version, final)
         checkpoint = self.save_checkpoint()
         stale = [h["staleness/max"] for h in self.history if "staleness/max" in h]
         return {
-            "eval_metric": self.eval_key, "initial_eval": initial, "final_eval": final, "steps": self.version,
+            "eval_metric": self.eval_key, "initial_eval": initial[self.eval_key],
+            "final_eval": final[self.eval_key], "steps": self.version,
             "seconds": time.time() - start, "train_loop_seconds": loop_seconds, "checkpoint": checkpoint,
             "outcomes": dict(self.controller.outcomes), "ledger": self.controller.ledger(),
             "rollout_engine_versions": self.fleet.engine_versions(),
@@ -256,8 +256,7 @@ class Driver:
         if self.balancer is not None:
             metrics.update(self.balance(metrics, train_seconds))
         if self.cfg.eval_every and self.version % self.cfg.eval_every == 0 and self.version < self.cfg.total_steps:
-            metrics[self.eval_key] = self.evaluate()[0]
-            log.info("step %d: held-out %s %.3f", self.version, self.eval_key, metrics[self.eval_key], extra=MILESTONE)
+            metrics.update(self.evaluate()[0])
         self.emit(self.version, metrics)
 
     def publish(self, stats: dict[str, float]) -> None:
@@ -346,16 +345,16 @@ class Driver:
         extra = {CONTROLLER_FILE: json.dumps(self.run_state()).encode()}
         meta = {"step": self.version, "version": self.version, "seed": self.cfg.seed,
                 "ledger": self.controller.ledger(),
-                "fingerprint": run_fingerprint(self.cfg, self.task.train, self.model_path)}
+                "fingerprint": self.fingerprint}
         path = self.learners.save_checkpoint(str(self.out_dir / "checkpoints"), meta, extra)
         log.info("checkpoint %s (%.1fs)", path, time.time() - start, extra=MILESTONE)
         return path
 
     # -- evaluation and metrics -------------------------------------------------------------------
-    def evaluate(self) -> tuple[float, list]:
-        """Mean held-out score and the outputs (in eval order), split across rollout workers; images are also
-        saved as a grid, RUN_DIR/samples/step-N.png. A held-out reward that failed is no score: the mean is
-        over the others (NaN if none), and the failures are counted (``eval/failures``, emitted here)."""
+    def evaluate(self) -> tuple[dict[str, float], list]:
+        """({eval_key: mean held-out score, "eval/failures": count}, the outputs in eval order), split across
+        rollout workers; images are also saved as a grid, RUN_DIR/samples/step-N.png. A held-out reward that
+        failed is no score: the mean is over the others (NaN if none), and the failures are counted."""
         results = self.fleet.evaluate(list(self.task.eval), self.payload, self.published)
         outputs = [output for _, output in results]
         if outputs and isinstance(outputs[0], np.ndarray):
@@ -367,8 +366,9 @@ class Driver:
         if failed:
             log.warning("held-out rewards: %d of %d failed (not in %s), e.g. %s: %s", len(failed), len(results),
                         self.eval_key, failed[0].status, failed[0].detail)
-        self.emit(self.version, {"eval/failures": float(len(failed))})
-        return (sum(scores) / len(scores) if scores else float("nan")), outputs
+        score = sum(scores) / len(scores) if scores else float("nan")
+        log.info("step %d: held-out %s %.3f", self.version, self.eval_key, score, extra=MILESTONE)
+        return {self.eval_key: score, "eval/failures": float(len(failed))}, outputs
 
     def emit(self, step: int, metrics: dict[str, float]) -> None:
         self.history.append({"step": step, **metrics})

@@ -19,11 +19,10 @@ from pathlib import Path
 from actors.milestones import MILESTONE, is_milestone
 
 OWN_PACKAGES = ("areal", "actors", "launch", "learners", "rollouts")
-# libraries whose loggers print through a handler of their own (not the root's): routed through the root
-# logger while a run lasts, so their lines land in driver.log and the quiet console can hold them back. Ray
-# installs its handler on import; transformers on first use, so it is switched through its own API instead
-# (``route_transformers``).
-SELF_HANDLED = ("ray",)
+# Libraries whose loggers print through a handler of their own (not the root's) are routed through the root
+# logger while a run lasts (``self_handled_loggers``), so their lines land in driver.log and the quiet console
+# can hold them back. Ray and vLLM install their handler on import; transformers on first use, so it is
+# switched through its own API instead (``route_transformers``).
 # the one-time bootstrap of a demo model runs for minutes before any progress bar: its sparse progress lines
 # are milestones
 MILESTONE_LOGGERS = ("launch.bootstrap", "launch.diffusion_bootstrap")
@@ -158,12 +157,11 @@ class RunConsole:
 
 
 def self_handled_loggers() -> list[str]:
-    """``SELF_HANDLED`` plus every library logger configured so far that prints through its own handler and
-    not the root's (vLLM's, for one, once it is imported)."""
-    found = [name for name, logger in logging.root.manager.loggerDict.items()
-             if isinstance(logger, logging.Logger) and not logger.propagate and logger.handlers
-             and name.split(".")[0] not in OWN_PACKAGES and name.split(".")[0] != "transformers"]
-    return sorted(set(SELF_HANDLED) | set(found))
+    """Every library logger configured so far that prints through its own handler and not the root's (Ray's
+    once ray is imported, vLLM's once vllm is)."""
+    return sorted(name for name, logger in logging.root.manager.loggerDict.items()
+                  if isinstance(logger, logging.Logger) and not logger.propagate and logger.handlers
+                  and name.split(".")[0] not in (*OWN_PACKAGES, "transformers"))
 
 
 def route_transformers(through_root: bool) -> None:

@@ -168,7 +168,8 @@ def resume_hint(cfg: TrainConfig) -> str:
 
     steps = CheckpointStore(Path(cfg.out_dir) / "checkpoints", cfg.checkpoint.keep_last).steps()
     if not steps:
-        return f"no checkpoint was written in {cfg.out_dir}; a new run starts from the beginning"
+        return (f"no checkpoint was written in {cfg.out_dir}; start again there with overwrite=true, or use "
+                "another out_dir")
     return (f"newest checkpoint {steps[-1]}; continue with: areal train <same overrides> out_dir={cfg.out_dir} "
             "checkpoint.resume=true")
 

@@ -91,14 +91,12 @@ def unpack_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def write_state(directory: Path, name: str, state: Any) -> list[Path]:
-    """``name.safetensors`` + ``name.json`` in ``directory``, on stable storage; returns both paths."""
+    """``name.safetensors`` + ``name.json`` in ``directory``; returns both paths (``commit`` fsyncs them)."""
     directory.mkdir(parents=True, exist_ok=True)
     tensors, skeleton = pack_state(state)
     save_file(tensors, str(directory / f"{name}.safetensors"))
     (directory / f"{name}.json").write_text(json.dumps(skeleton))
-    paths = [directory / f"{name}.safetensors", directory / f"{name}.json"]
-    fsync_paths(paths)
-    return paths
+    return [directory / f"{name}.safetensors", directory / f"{name}.json"]
 
 
 # -- durability ------------------------------------------------------------------------------------

@@ -151,10 +151,7 @@ class FakeDriverState:
         self.fleet, self.task = FakeFleet(results), FakeTask()
         self.task._eval = tuple(TaskSample(f"e{i}", "", "") for i in range(len(results)))
         self.payload, self.published, self.version = None, 3, 3
-        self.out_dir, self.eval_key, self.emitted = tmp_path, "eval/accuracy", []
-
-    def emit(self, step, metrics):
-        self.emitted.append((step, metrics))
+        self.out_dir, self.eval_key = tmp_path, "eval/accuracy"
 
 
 def test_the_driver_averages_held_out_scores_over_the_successful_rewards(tmp_path):
@@ -162,10 +159,10 @@ def test_the_driver_averages_held_out_scores_over_the_successful_rewards(tmp_pat
 
     failed = RewardOutcome.failed("timeout", "reward took longer than 10s")
     state = FakeDriverState([(RewardOutcome(1.0), "a"), (failed, "b"), (RewardOutcome(0.0), "c")], tmp_path)
-    assert Driver.evaluate(state) == (0.5, ["a", "b", "c"])
-    assert state.emitted == [(3, {"eval/failures": 1.0})]
+    assert Driver.evaluate(state) == ({"eval/accuracy": 0.5, "eval/failures": 1.0}, ["a", "b", "c"])
     state = FakeDriverState([(failed, "a")], tmp_path)
-    assert math.isnan(Driver.evaluate(state)[0]) and state.emitted == [(3, {"eval/failures": 1.0})]
+    metrics, _ = Driver.evaluate(state)
+    assert math.isnan(metrics["eval/accuracy"]) and metrics["eval/failures"] == 1.0
 
 
 def test_load_weights_writes_files_and_bumps_the_engine_version(tmp_path, rewards):
