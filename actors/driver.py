@@ -106,6 +106,7 @@ class Driver:
         self.published = self.version
         self.training: list[ray.ObjectRef] = []
         self.training_started = 0.0
+        self.training_ended: float | None = None  # when the driver saw the last train step finish
         self.trained_tickets: list[int] = []
         self.metrics = StepMetrics(self.out_dir / "timeline.jsonl", batcher.action_unit)
         self.history: list[dict[str, float]] = []
@@ -180,7 +181,13 @@ class Driver:
                     self.requeue([pending.ticket])
                 continue
             group.info["ticket"] = pending.ticket
-            self.metrics.record("rollout/latency", time.monotonic() - pending.submitted)
+            latency = time.monotonic() - pending.submitted
+            self.metrics.record("rollout/latency", latency)
+            if "engine_seconds" in group.info:  # where the latency went: engine, reward, or waiting for either
+                engine, reward = group.info["engine_seconds"], group.info["reward_seconds"]
+                self.metrics.record("rollout/engine_seconds", engine)
+                self.metrics.record("rollout/reward_seconds", reward)
+                self.metrics.record("rollout/queue_seconds", max(0.0, latency - engine - reward))
             outcome = self.controller.on_group(pending.ticket, group)
             self.metrics.record("rollout/generated", group.num_actions)
             self.metrics.record("rollout/samples", len(group.trajectories))
@@ -213,7 +220,11 @@ class Driver:
         groups = self.controller.take_batch()
         if groups is None:
             return []
+        began = time.monotonic()
         batch = self.batcher.build(groups)
+        self.metrics.record("driver/batch_seconds", time.monotonic() - began)
+        if self.training_ended is not None:  # export, waiting for groups, batching and the calls between
+            self.metrics.record("learner/gap_seconds", began - self.training_ended)
         for group in groups:
             self.metrics.record("staleness/trained", *[self.version - group.submit_version] * len(group.trajectories))
             self.trained_tickets.append(group.info.get("ticket", -1))
@@ -239,9 +250,11 @@ class Driver:
                                                       "learner.step_timeout_s", self.learners.names))
             self.training = []
             self.metrics.learner.end()
-            train_seconds = time.monotonic() - self.training_started
+            self.training_ended = time.monotonic()
+            train_seconds = self.training_ended - self.training_started
             self.version += 1
             self.payload = self.learners.weights_payload()
+            self.metrics.record("weights/export_seconds", time.monotonic() - self.training_ended)
             if self.cfg.checkpoint.every and self.version % self.cfg.checkpoint.every == 0 and \
                     self.version < self.cfg.total_steps:
                 self.save_checkpoint()
@@ -352,9 +365,10 @@ class Driver:
 
     # -- evaluation and metrics -------------------------------------------------------------------
     def evaluate(self) -> tuple[dict[str, float], list]:
-        """({eval_key: mean held-out score, "eval/failures": count}, the outputs in eval order), split across
+        """({eval_key: mean held-out score, "eval/failures": count, "eval/seconds"}, the outputs in eval order), split across
         rollout workers; images are also saved as a grid, RUN_DIR/samples/step-N.png. A held-out reward that
         failed is no score: the mean is over the others (NaN if none), and the failures are counted."""
+        started = time.monotonic()
         results = self.fleet.evaluate(list(self.task.eval), self.payload, self.published)
         outputs = [output for _, output in results]
         if outputs and isinstance(outputs[0], np.ndarray):
@@ -368,7 +382,9 @@ class Driver:
                         self.eval_key, failed[0].status, failed[0].detail)
         score = sum(scores) / len(scores) if scores else float("nan")
         log.info("step %d: held-out %s %.3f", self.version, self.eval_key, score, extra=MILESTONE)
-        return {self.eval_key: score, "eval/failures": float(len(failed))}, outputs
+        # eval/seconds: so a training clock can leave evaluation out (bench/vs_trl.py)
+        return {self.eval_key: score, "eval/failures": float(len(failed)),
+                "eval/seconds": time.monotonic() - started}, outputs
 
     def emit(self, step: int, metrics: dict[str, float]) -> None:
         self.history.append({"step": step, **metrics})

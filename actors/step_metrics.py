@@ -51,9 +51,11 @@ class StepMetrics:
         metrics[f"rollout/{self.unit}_per_s"] = sum(w.get("rollout/generated", [])) / elapsed
         metrics[f"learner/{self.unit}_per_s"] = sum(w.get("learner/consumed", [])) / elapsed
         metrics["rollout/samples_per_s"] = sum(w.get("rollout/samples", [])) / elapsed
-        latency = w.get("rollout/latency", [])
-        if latency:
-            metrics["rollout/latency_mean"] = sum(latency) / len(latency)
+        # the step's time breakdown: means of what was timed in the window (the critical path: docs/performance.md)
+        for key in ("rollout/latency", "rollout/engine_seconds", "rollout/reward_seconds", "rollout/queue_seconds",
+                    "learner/gap_seconds", "weights/export_seconds", "driver/batch_seconds"):
+            if w.get(key):
+                metrics[f"{key}_mean"] = sum(w[key]) / len(w[key])
         stale = w.get("staleness/trained", [])
         if stale:
             metrics["staleness/mean"] = sum(stale) / len(stale)

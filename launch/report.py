@@ -14,7 +14,14 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-PLOTS = ("reward", "staleness", "throughput", "timeline", "weight_sync", "loss")
+PLOTS = ("reward", "staleness", "throughput", "step_time", "timeline", "weight_sync", "loss")
+# where one step's time goes (docs/performance.md): the learner's update and what separates two updates, and the
+# rollout side's latency split into engine, reward and waiting
+STEP_TIME = ("learner/step_seconds", "learner/forward_backward_seconds", "learner/proximal_seconds",
+             "learner/optimizer_seconds", "learner/exchange_seconds", "learner/gap_seconds_mean",
+             "weights/export_seconds_mean", "weights/sync_seconds", "driver/batch_seconds_mean",
+             "rollout/latency_mean", "rollout/engine_seconds_mean", "rollout/reward_seconds_mean",
+             "rollout/queue_seconds_mean", "eval/seconds")
 # what the per-step plots are drawn against: the row key and the axis label
 X_AXES = {"step": ("step", "step"), "time": ("elapsed_s", "seconds since the run started")}
 
@@ -62,6 +69,23 @@ def staleness_counts(rows: list[dict]) -> dict[int, float]:
     return dict(sorted(counts.items()))
 
 
+def step_time_breakdown(rows: list[dict]) -> dict[str, float]:
+    """Median of each step-time series over the train steps that have it (``STEP_TIME``), plus the median
+    seconds between consecutive train steps."""
+    import statistics
+
+    out = {}
+    trained = [r for r in rows if isinstance(r.get("learner/step_seconds"), (int, float))]
+    stamps = [r["elapsed_s"] for r in trained if isinstance(r.get("elapsed_s"), (int, float))]
+    if len(stamps) > 1:
+        out["seconds between steps"] = statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+    for key in STEP_TIME:
+        values = [r[key] for r in trained if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        if values:
+            out[key] = statistics.median(values)
+    return out
+
+
 def _figure(plt, title: str, ylabel: str, xlabel: str = "step"):
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     ax.set_title(title, fontsize=10)
@@ -97,6 +121,7 @@ def plot_all(rows: list[dict], timeline: list[dict], out: Path, x: str = "step")
         "reward": ("Reward and held-out score", "value", ["rollout/reward_mean", "eval/accuracy", "eval/reward"]),
         "throughput": (f"Generated vs consumed {unit} per second", f"{unit}/s",
                        [f"rollout/{unit}_per_s", f"learner/{unit}_per_s"]),
+        "step_time": ("Where a step's time goes", "seconds", list(STEP_TIME)),
         "weight_sync": ("Weight sync", "seconds", ["weights/sync_seconds", "weights/load_seconds_max"]),
         "loss": ("Loss statistics", "value", ["learner/loss", "learner/clip_fraction", "learner/approx_kl",
                                                 "learner/grad_norm", "learner/behavior_weight_mean"]),
@@ -163,6 +188,9 @@ def write_html(run_dir: Path, out: Path, rows: list[dict], drawn: dict[str, list
         keys = ("eval_metric", "initial_eval", "final_eval", "steps", "seconds", "max_trained_staleness",
                 "learner_restarts")
         parts.append(_table({k: summary[k] for k in keys if k in summary}, "summary"))
+    breakdown = step_time_breakdown(rows)
+    if breakdown:
+        parts.append(_table(breakdown, "step time: median seconds over train steps (docs/performance.md)"))
     if headline:
         parts.append(_table(headline, f"last train step ({last.get('step')})"))
     for name in PLOTS:

@@ -81,9 +81,11 @@ class DeepSpeedLearner(abc.ABC):
         return int(value.item())
 
     def finish_update(self, stats: dict[str, list[float]], started: float, extra: dict[str, float]) -> dict:
-        """The new version's ``learner/*`` stats: means of what was recorded, plus ``extra``."""
+        """The new version's ``learner/*`` stats: means over minibatches of what was recorded, except times
+        (``*_seconds``), which add up to the step's, plus ``extra``."""
         self.version += 1
-        out = {f"learner/{key}": mean(values) for key, values in stats.items()}
+        out = {f"learner/{key}": sum(values) if key.endswith("_seconds") else mean(values)
+               for key, values in stats.items()}
         out.update(extra)
         out["learner/step_seconds"] = time.perf_counter() - started
         out["learner/lr"] = float(self.engine.get_lr()[0])

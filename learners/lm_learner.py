@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from areal.algos import chunked_token_logprobs, decoupled_ppo_loss
 from areal.config import AlgoConfig, LearnerConfig
 from areal.packing import MicroBatch, make_micro_batches, pad_to_count
+from areal.prefix_sharing import shared_prefix_micro_batches
 from areal.types import TrainBatch
 from learners.deepspeed_learner import DeepSpeedLearner
 from learners.deepspeed_setup import Rendezvous, use_cuda
@@ -53,6 +53,16 @@ def causal_lm_parts(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     return decoder, head
 
 
+def prefix_mask_style(model) -> str | None:
+    """"sdpa" or "eager": the attention a custom 4D mask (shared-prefix rows) reaches unchanged; None when the
+    model's attention would ignore or reshape it (flash/flex kernels, sliding windows)."""
+    config = model.config
+    style = getattr(config, "_attn_implementation", None)
+    windowed = getattr(config, "use_sliding_window", False) or any(
+        kind != "full_attention" for kind in getattr(config, "layer_types", None) or ())
+    return style if style in ("sdpa", "eager") and not windowed else None
+
+
 PPO_STATS = ("clip_fraction", "dual_clip_fraction", "dropped_fraction", "behavior_weight_mean", "approx_kl")
 
 
@@ -84,7 +94,9 @@ class LMLearner(DeepSpeedLearner):
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         super().__init__(model, cfg, rdv, seed, total_updates)
+        self._payload_names: set[str] | None = None  # state-dict names a weight export carries
         self.reference_path = not cfg.packing and cfg.logprob_chunk_tokens == 0
+        self.mask_style = prefix_mask_style(self.engine.module) if cfg.packing and cfg.prefix_row_tokens else None
         if not self.reference_path:
             decoder, self.head = causal_lm_parts(self.engine.module)
             decoder.register_forward_hook(self._keep_hidden)
@@ -97,8 +109,13 @@ class LMLearner(DeepSpeedLearner):
     # -- log-probs ----------------------------------------------------------
     def micro_batches(self, batch: TrainBatch, rows) -> list[MicroBatch]:
         """``rows`` of ``batch`` in forwards of at most ``learner.max_tokens_per_mb`` tokens, as many on every rank."""
-        mbs = make_micro_batches(batch.input_ids, batch.attention_mask, batch.loss_mask, rows,
-                                 self.cfg.max_tokens_per_mb, self.cfg.packing, self.cfg.pack_row_tokens)
+        if self.mask_style is not None:
+            mbs = shared_prefix_micro_batches(batch.input_ids, batch.attention_mask, batch.loss_mask, rows,
+                                              self.cfg.max_tokens_per_mb, self.cfg.prefix_row_tokens,
+                                              additive=self.mask_style == "eager", dtype=self.engine.module.dtype)
+        else:
+            mbs = make_micro_batches(batch.input_ids, batch.attention_mask, batch.loss_mask, rows,
+                                     self.cfg.max_tokens_per_mb, self.cfg.packing, self.cfg.pack_row_tokens)
         return pad_to_count(mbs, self.agreed_count(len(mbs)))
 
     def logprobs(self, mb: MicroBatch, width: int) -> torch.Tensor:
@@ -117,10 +134,11 @@ class LMLearner(DeepSpeedLearner):
                                                  self.cfg.logprob_chunk_tokens), width)
 
     @torch.no_grad()
-    def batch_logprobs(self, batch: TrainBatch) -> torch.Tensor:
-        """[B, T] log-probs of every scored token of ``batch`` (no grad), micro-batch by micro-batch."""
+    def batch_logprobs(self, batch: TrainBatch, rows=None) -> torch.Tensor:
+        """[B, T] log-probs of the scored tokens of ``rows`` (default: all) of ``batch`` (no grad), micro-batch by
+        micro-batch; 0 elsewhere."""
         out = torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=self.device)
-        for mb in self.micro_batches(batch, range(len(batch))):
+        for mb in self.micro_batches(batch, range(len(batch)) if rows is None else rows):
             out[mb.rows.to(self.device)] = self.logprobs(mb, out.shape[1])
         return out
 
@@ -131,20 +149,30 @@ class LMLearner(DeepSpeedLearner):
         self.engine.train()
         behavior = batch.behavior_logprobs.to(self.device)
         mask = batch.loss_mask.to(self.device)
-        # Stage 1: the proximal policy is the weights at the start of this step (AReaL §5.2).
-        proximal = self.batch_logprobs(batch) if self.algo.decoupled else behavior
-        mismatch = ((behavior - proximal) * mask).sum() / mask.sum().clamp_min(1)
+        parts = [part for part in torch.tensor_split(torch.arange(len(batch)), self.cfg.minibatches) if len(part)]
+        # Stage 1: the proximal policy is the weights at the start of this step (AReaL §5.2). The first
+        # minibatch's update runs on exactly those weights, so its own forward pass yields the proximal log-probs
+        # of its rows (detached, in train_minibatch); a separate pass is needed only for the later minibatches'
+        # rows. With one minibatch per step (the default) that pass, a quarter of the step, disappears.
+        later = torch.cat(parts[1:]) if len(parts) > 1 else None
+        if not self.algo.decoupled:
+            proximal = behavior
+        elif later is not None:
+            proximal = self.batch_logprobs(batch, later)
+        else:
+            proximal = torch.zeros_like(behavior)
         proximal_seconds = time.perf_counter() - start
 
         # Stage 2: clipped decoupled objective, one optimizer step per minibatch.
         stats: dict[str, list[float]] = {}
         forwards = {"tokens": 0, "positions": 0, "count": 0}
         inputs = (proximal, behavior if self.algo.decoupled else proximal, batch.advantages.to(self.device), mask)
-        for part in torch.tensor_split(torch.arange(len(batch)), self.cfg.minibatches):
-            if len(part) == 0:
-                continue
-            self.train_minibatch(batch, part, inputs, stats, forwards)
+        for index, part in enumerate(parts):
+            began = time.perf_counter()
+            self.train_minibatch(batch, part, inputs, stats, forwards, own_proximal=index == 0 and self.algo.decoupled)
+            stats.setdefault("forward_backward_seconds", []).append(time.perf_counter() - began)
             self.optimizer_step(stats)
+        mismatch = ((behavior - proximal) * mask).sum() / mask.sum().clamp_min(1)
         return self.finish_update(stats, start, {
             "learner/behavior_proximal_kl": float(mismatch),
             "learner/tokens": float(mask.sum()),
@@ -153,15 +181,20 @@ class LMLearner(DeepSpeedLearner):
             "learner/padding_fraction": 1.0 - forwards["tokens"] / max(forwards["positions"], 1),
         })
 
-    def train_minibatch(self, batch: TrainBatch, part: torch.Tensor, inputs: tuple, stats: dict, forwards: dict):
+    def train_minibatch(self, batch: TrainBatch, part: torch.Tensor, inputs: tuple, stats: dict, forwards: dict,
+                        own_proximal: bool = False):
         """Backward passes over ``part``'s micro-batches; each loss is divided by the whole minibatch's token count
-        (``algo`` objective, ALGORITHMS.md §2), so the accumulated gradient is the minibatch's."""
+        (``algo`` objective, ALGORITHMS.md §2), so the accumulated gradient is the minibatch's. ``own_proximal``:
+        the weights have not moved since the step began, so each micro-batch's detached log-probs are its
+        proximal ones (written into ``inputs``' proximal tensor)."""
         proximal, behavior, advantages, mask = inputs
         denominator = float(mask[part.to(self.device)].sum().clamp_min(1))
         sums = dict.fromkeys(("loss",) + PPO_STATS, 0.0)
         for mb in self.micro_batches(batch, part):
             rows = mb.rows.to(self.device)
             current = self.logprobs(mb, mask.shape[1])
+            if own_proximal:
+                proximal[rows] = current.detach()
             loss, info = decoupled_ppo_loss(
                 current, proximal[rows], behavior[rows], advantages[rows], mask[rows],
                 eps_clip=self.algo.eps_clip,
@@ -191,7 +224,19 @@ class LMLearner(DeepSpeedLearner):
                 shutil.copy2(self.model_path / name, path / name)
 
     def payload_files(self, state: dict[str, torch.Tensor]) -> dict[str, bytes]:
-        """The model's safetensors and config files, which vLLM loads in place."""
-        with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as tmp:
-            self.save_model(Path(tmp), state)
-            return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.suffix in (".safetensors", ".json")}
+        """The weights as one safetensors file, serialised in memory, plus the starting model's config files
+        (vLLM reloads them in place). Tensors tied to an earlier one (an LM head tied to the embedding) are
+        left out, as ``save_pretrained`` does; no directory round trip (that took 4x as long for the demo model)."""
+        from safetensors.torch import save
+
+        if self._payload_names is None:
+            first: dict[int, str] = {}
+            for name, tensor in self.engine.module.state_dict(keep_vars=True).items():
+                first.setdefault(tensor.data_ptr(), name)
+            self._payload_names = set(first.values())
+        tensors = {name: t.contiguous() for name, t in state.items() if name in self._payload_names}
+        files = {"model.safetensors": save(tensors, metadata={"format": "pt"})}
+        for name in ("config.json", "generation_config.json"):
+            if (self.model_path / name).exists():
+                files[name] = (self.model_path / name).read_bytes()
+        return files

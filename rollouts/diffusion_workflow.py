@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 
 import numpy as np
@@ -32,11 +33,14 @@ class DiffusionWorkflow:
     async def run(self, engine: DiffusionSampler, sample: TaskSample, submit_version: int,
                   seed: int | None = None) -> TrajectoryGroup:
         """Sample the group's chains from ``seed`` and score each final image."""
+        began = time.perf_counter()
         chains = await engine.sample(sample.prompt, self.n, 0 if seed is None else seed)
+        sampled = time.perf_counter()
         outcomes = await asyncio.gather(*(self.rewards.score(c.image, sample) for c in chains))
         trajectories = tuple(ChainTrajectory(sample.prompt, c.latents, c.timesteps, c.logprobs, c.versions, o.value)
                              for c, o in zip(chains, outcomes))
-        return TrajectoryGroup(sample.id, trajectories, submit_version, failure_info(outcomes))
+        timing = {"engine_seconds": sampled - began, "reward_seconds": time.perf_counter() - sampled}
+        return TrajectoryGroup(sample.id, trajectories, submit_version, {**failure_info(outcomes), **timing})
 
     async def evaluate(self, engine: DiffusionSampler, sample: TaskSample) -> tuple[RewardOutcome, np.ndarray]:
         """(reward outcome, image) of a held-out sample from its fixed seed under the current weights; a failed

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import math
 import random
+import time
 
 from areal.types import Trajectory, TrajectoryGroup
 from rollouts.engines.base import Engine, SamplingConfig
@@ -27,12 +28,12 @@ class SingleTurnWorkflow:
                  length_tail: tuple[int, float] | None = None):
         self.task, self.tokenizer, self.sampling, self.n = task, tokenizer, sampling, n
         self.rewards = rewards
-        self.length_tail = length_tail  # (median, sigma) of a lognormal minimum length, or None
+        self.length_tail = length_tail  # (median, sigma) of a lognormal forced length, or None
 
     def sampling_for_group(self, seed: int | None) -> SamplingConfig:
         """The sampling settings of one group, drawn from ``seed`` alone (no hidden RNG state, so a
         resumed run samples the same): the engine's sampling seed and, when configured, a long-tailed
-        minimum length.
+        forced length (generation continues past EOS, which stays in the text for the reward to cut at).
 
         Reasoning outputs have long-tailed lengths, which is what makes synchronous RL wait
         on stragglers; the benchmark reproduces that on a task whose answers are short.
@@ -42,7 +43,7 @@ class SingleTurnWorkflow:
             return sampling
         median, sigma = self.length_tail
         length = int(round(math.exp(random.Random(seed).gauss(math.log(median), sigma))))
-        return dataclasses.replace(sampling, min_new_tokens=max(1, min(length, self.sampling.max_new_tokens)))
+        return dataclasses.replace(sampling, forced_new_tokens=max(1, min(length, self.sampling.max_new_tokens)))
 
     def encode(self, sample: TaskSample) -> list[int]:
         """Prompt token ids (the tokenizer adds whatever special tokens the model expects)."""
@@ -52,13 +53,16 @@ class SingleTurnWorkflow:
                   seed: int | None = None) -> TrajectoryGroup:
         """Sample the group (``seed``: its sampling seed) and score every completion in the reward pool."""
         prompt_ids = self.encode(sample)
+        began = time.perf_counter()
         completions = await engine.generate(prompt_ids, self.sampling_for_group(seed), self.n)
+        generated = time.perf_counter()
         outcomes = await asyncio.gather(*(self.rewards.score(c.text, sample) for c in completions))
         trajectories = tuple(
             Trajectory(tuple(prompt_ids), c.token_ids, c.logprobs, c.versions, o.value, c.text, c.finish_reason)
             for c, o in zip(completions, outcomes)
         )
-        return TrajectoryGroup(sample.id, trajectories, submit_version, failure_info(outcomes))
+        timing = {"engine_seconds": generated - began, "reward_seconds": time.perf_counter() - generated}
+        return TrajectoryGroup(sample.id, trajectories, submit_version, {**failure_info(outcomes), **timing})
 
     async def evaluate(self, engine: Engine, sample: TaskSample) -> tuple[RewardOutcome, str]:
         """Greedy (reward outcome, completion) of a held-out sample under the engine's current weights; a

@@ -52,6 +52,10 @@ class LearnerConfig:
     pack_row_tokens: int = 0
     """Longest packed row; 0 = the longest sequence of the pass. Attention kernels given a block-diagonal mask
     (SDPA, eager) cost a row's length squared, so longer rows only pay with a varlen kernel (flash-attention)."""
+    prefix_row_tokens: int = 1024
+    """With packing: rows that share a prefix (a group's samples share their prompt) go through the model as one
+    row holding the prefix once (``areal.prefix_sharing``), up to this many positions per row; 0 = off. Needs SDPA
+    or eager attention without sliding windows (otherwise off)."""
     logprob_chunk_tokens: int = 1024
     """The LM head and log-softmax run over this many tokens at a time and are recomputed in backward, so
     [tokens, vocab] logits never exist beyond one chunk. 0 = all logits at once (with packing=false: the
@@ -107,6 +111,8 @@ class LearnerConfig:
         require(self.max_tokens_per_mb >= 1, "learner.max_tokens_per_mb", self.max_tokens_per_mb, "an int >= 1")
         require(self.pack_row_tokens >= 0, "learner.pack_row_tokens", self.pack_row_tokens,
                 "an int >= 0 (0 = the longest sequence)")
+        require(self.prefix_row_tokens >= 0, "learner.prefix_row_tokens", self.prefix_row_tokens,
+                "an int >= 0 (0 = no prefix sharing)")
         require(self.logprob_chunk_tokens >= 0, "learner.logprob_chunk_tokens", self.logprob_chunk_tokens,
                 "an int >= 0 (0 = no chunking)")
         require(not self.offload_optimizer or self.zero_stage >= 1, "learner.offload_optimizer",

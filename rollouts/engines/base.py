@@ -11,7 +11,9 @@ class SamplingConfig:
     """How one request is sampled."""
 
     max_new_tokens: int
-    min_new_tokens: int = 0  # EOS is suppressed until this many tokens exist
+    # > 0: generate exactly this many tokens, past EOS, which stays in the text (so a reward can still cut
+    # the answer there); emulates long outputs on a task whose answers are short
+    forced_new_tokens: int = 0
     temperature: float = 1.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()

@@ -10,6 +10,7 @@ handler has delivered the last pre-pause tokens to their requests.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 import uuid
@@ -129,6 +130,7 @@ class VLLMEngine(Engine):
             kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gb * _GIB)
         self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
         self._version = _INITIAL_VERSION
+        self._model_path, self._tokenizer = str(model_path), None  # the tokenizer: only for forced lengths
         self._update_lock = asyncio.Lock()  # binds to the running loop on first use
 
     def _live(self):
@@ -152,8 +154,10 @@ class VLLMEngine(Engine):
             raise ValueError(f"generate: n = {n}; expected an int >= 1")
         params = SamplingParams(
             n=n,
-            max_tokens=sampling.max_new_tokens,
-            min_tokens=sampling.min_new_tokens,
+            # a forced length runs past EOS (vLLM's min_tokens would instead ban EOS, so the model writes
+            # something else where its answer ends, and an exact-answer reward scores 0 for every sample)
+            max_tokens=sampling.forced_new_tokens or sampling.max_new_tokens,
+            ignore_eos=sampling.forced_new_tokens > 0,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             stop=list(sampling.stop) or None,
@@ -170,7 +174,20 @@ class VLLMEngine(Engine):
         if final is None or len(final.outputs) != n:
             got = 0 if final is None else len(final.outputs)
             raise RuntimeError(f"vLLM returned {got} completions for a request of n={n}")
-        return [_to_completion(c) for c in sorted(final.outputs, key=lambda c: c.index)]
+        completions = [_to_completion(c) for c in sorted(final.outputs, key=lambda c: c.index)]
+        if sampling.forced_new_tokens:
+            # what was generated past EOS is filler: the text (which rewards read) ends where the answer ended
+            completions = [dataclasses.replace(c, text=self._text_before_eos(c.token_ids)) for c in completions]
+        return completions
+
+    def _text_before_eos(self, token_ids: tuple[int, ...]) -> str:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self._model_path)
+        eos = self._tokenizer.eos_token_id
+        end = token_ids.index(eos) if eos in token_ids else len(token_ids)
+        return self._tokenizer.decode(list(token_ids[:end]), skip_special_tokens=True)
 
     async def update_weights(self, weights_dir: str, version: int) -> float:
         """Pause in-flight requests, reload HF safetensors from ``weights_dir`` in place, tag later

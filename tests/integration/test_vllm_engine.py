@@ -198,6 +198,24 @@ def test_n_samples_come_back_as_n_completions(loop, engine):
     assert len(loop.run_until_complete(engine.generate(PROMPTS[2], greedy(4), n=1))) == 1
 
 
+
+def test_a_forced_length_runs_past_eos_and_the_text_ends_where_the_answer_did(loop, engine, models):
+    """Benchmarks force long-tailed lengths; the filler after EOS must not reach the reward (banning EOS
+    instead made the model write on where its answer ended)."""
+    from transformers import AutoTokenizer
+
+    from rollouts.engines.base import SamplingConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(models["base_dir"])
+    eos = tokenizer.eos_token_id
+    sampling = SamplingConfig(max_new_tokens=40, forced_new_tokens=30, temperature=1.0, seed=3)
+    for c in loop.run_until_complete(engine.generate(PROMPTS[3], sampling, n=4)):
+        assert len(c.token_ids) == len(c.logprobs) == 30
+        end = c.token_ids.index(eos) if eos in c.token_ids else 30
+        assert c.text == tokenizer.decode(list(c.token_ids[:end]), skip_special_tokens=True)
+    answer = tuple(tokenizer.encode("32", add_special_tokens=False))
+    assert engine._text_before_eos(answer + (eos,) + answer) == "32"
+
 def test_concurrent_updates_are_serialised(loop, engine, models):
     before = generate_all(loop, engine, PROMPTS[:2], greedy(16))
     v = engine.version

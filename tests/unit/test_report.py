@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from launch.cli import main
 from launch.report import PLOTS, read_jsonl, series, staleness_counts, write_report
 
@@ -18,7 +20,8 @@ def fake_run(path, steps=6, finished=True, torn=False, timed=True):
             "learner/clip_fraction": 0.1, "learner/approx_kl": 1e-3, "rollout/tokens_per_s": 100.0 + s,
             "learner/tokens_per_s": 90.0,
             "weights/sync_seconds": 0.02, "staleness/hist_0": 2.0, "staleness/hist_1": float(s),
-            "staleness/mean": 0.5}))
+            "staleness/mean": 0.5, "learner/step_seconds": 2.0 + 0.1 * s, "learner/forward_backward_seconds": 1.5,
+            "learner/gap_seconds_mean": 0.25, "rollout/engine_seconds_mean": 0.8}))
     text = "\n".join(lines) + "\n" + ('{"step": 7, "rollout/rew' if torn else "")
     (path / "metrics.jsonl").write_text(text)
     spans = [{"actor": "learner", "kind": "busy", "start": 10.0 + s, "end": 10.5 + s} for s in range(steps)]
@@ -86,3 +89,16 @@ def test_drawing_against_time_needs_rows_that_carry_it(tmp_path, capsys):
     assert main(["report", str(run), "--x", "time"]) == 2
     assert "use --x step" in capsys.readouterr().err
     assert main(["report", str(run)]) == 0
+
+
+def test_the_page_breaks_a_step_down_into_where_its_time_went(tmp_path):
+    from launch.report import step_time_breakdown
+
+    rows = read_jsonl(fake_run(tmp_path / "run") / "metrics.jsonl")
+    breakdown = step_time_breakdown(rows)
+    assert breakdown["seconds between steps"] == 3.0
+    assert breakdown["learner/step_seconds"] == pytest.approx(2.35)  # median of 2.1 ... 2.6
+    assert breakdown["learner/forward_backward_seconds"] == 1.5 and breakdown["learner/gap_seconds_mean"] == 0.25
+    assert "rollout/reward_seconds_mean" not in breakdown  # not measured: not shown
+    text = write_report(tmp_path / "run").read_text()
+    assert "step time: median seconds" in text and "learner/forward_backward_seconds" in text

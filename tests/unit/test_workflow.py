@@ -159,7 +159,9 @@ def test_the_driver_averages_held_out_scores_over_the_successful_rewards(tmp_pat
 
     failed = RewardOutcome.failed("timeout", "reward took longer than 10s")
     state = FakeDriverState([(RewardOutcome(1.0), "a"), (failed, "b"), (RewardOutcome(0.0), "c")], tmp_path)
-    assert Driver.evaluate(state) == ({"eval/accuracy": 0.5, "eval/failures": 1.0}, ["a", "b", "c"])
+    metrics, outputs = Driver.evaluate(state)
+    assert outputs == ["a", "b", "c"] and metrics["eval/seconds"] >= 0
+    assert {k: metrics[k] for k in ("eval/accuracy", "eval/failures")} == {"eval/accuracy": 0.5, "eval/failures": 1.0}
     state = FakeDriverState([(failed, "a")], tmp_path)
     metrics, _ = Driver.evaluate(state)
     assert math.isnan(metrics["eval/accuracy"]) and metrics["eval/failures"] == 1.0
@@ -183,12 +185,12 @@ def test_load_weights_refuses_path_tricks(tmp_path, rewards):
 def test_length_tail_draws_long_tailed_minimum_lengths(rewards):
     workflow = SingleTurnWorkflow(FakeTask(), CharTokenizer(), SamplingConfig(max_new_tokens=200), n=2,
                                   rewards=rewards, length_tail=(10, 1.0))
-    lengths = sorted(workflow.sampling_for_group(seed).min_new_tokens for seed in range(2000))
+    lengths = sorted(workflow.sampling_for_group(seed).forced_new_tokens for seed in range(2000))
     median, p99 = lengths[1000], lengths[1980]
     assert 8 <= median <= 12 and p99 > 5 * median and lengths[-1] <= 200
     plain = SingleTurnWorkflow(FakeTask(), CharTokenizer(), SamplingConfig(max_new_tokens=8), n=2,
                                rewards=rewards)
-    assert plain.sampling_for_group(7).min_new_tokens == 0
+    assert plain.sampling_for_group(7).forced_new_tokens == 0
 
 
 def test_a_group_is_sampled_from_its_seed_alone(rewards):
