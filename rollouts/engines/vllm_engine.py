@@ -124,6 +124,12 @@ class VLLMEngine(Engine):
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         else:
             kwargs["distributed_executor_backend"] = "uni"  # the model in the engine-core process (see above)
+            # After a weight update (clear_cache) every request in flight recomputes its KV cache. A recompute
+            # split across steps (chunked prefill) discards the tokens sampled on its partial steps, and vLLM
+            # winds back a seeded request's generator to do so, which the CPU's generators cannot: the engine
+            # core dies ("CPU Generator does not use offset"; seen with 64 sequences of ~50 tokens in flight).
+            # A step budget that holds every sequence whole never splits one.
+            kwargs["max_num_batched_tokens"] = max(2048, cfg.max_num_seqs * cfg.max_model_len)
         if not on_gpu and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             # Equivalent to VLLM_CPU_KVCACHE_SPACE, which only takes whole GiB (and, if the
             # user set it, overrides this); bytes let tests use a fraction of a GiB.

@@ -183,6 +183,31 @@ def test_in_flight_requests_carry_old_then_new_version_tags(loop, engine, models
         assert abs(got[n_old] - old_lp[n_old]) > 1e-2
 
 
+
+def test_seeded_requests_survive_an_update_whose_recompute_exceeds_one_step_of_the_default_budget(loop, engine,
+                                                                                                  models):
+    """8 seeded requests of 8 samples, 100+ tokens each, in flight: after the update they recompute ~7,000
+    tokens of KV cache. Split across steps (vLLM's default budget is 2,048), vLLM winds back their CPU
+    generators and the engine core dies; the engine's step budget keeps every recompute whole."""
+    from rollouts.engines.base import SamplingConfig
+
+    async def run():
+        sampling = [SamplingConfig(max_new_tokens=LONG, forced_new_tokens=LONG, temperature=1.0, seed=i)
+                    for i in range(8)]
+        tasks = [asyncio.ensure_future(engine.generate(p, s, n=8)) for p, s in zip(PROMPTS, sampling)]
+        states = engine._llm.output_processor.request_states
+        while len(states) < 8 * 8 or min(s.detokenizer.num_output_tokens() for s in states.values()) < 100:
+            assert not any(t.done() for t in tasks), "a request finished before the update"
+            await asyncio.sleep(0.002)
+        await engine.update_weights(models["perturbed_dir"], engine.version + 1)
+        return await asyncio.gather(*tasks)
+
+    try:
+        groups = loop.run_until_complete(run())
+    finally:
+        update(loop, engine, models["base_dir"], engine.version + 1)
+    assert all(len(c.token_ids) == LONG for group in groups for c in group)
+
 def test_n_samples_come_back_as_n_completions(loop, engine):
     from rollouts.engines.base import SamplingConfig
 
