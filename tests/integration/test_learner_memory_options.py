@@ -27,11 +27,13 @@ def model_dir(tmp_path_factory):
 
 
 def trained_state(model_dir, steps=2, **options):
-    """Weights after ``steps`` updates on fixed batches, with packed micro-batches and chunked log-probs."""
+    """Weights after ``steps`` updates on fixed batches, with chunked log-probs and shared-prefix rows cut short
+    (16 positions), so every minibatch accumulates several micro-batches."""
     from learners.deepspeed_setup import Rendezvous
     from learners.lm_learner import LMLearner
 
-    cfg = LearnerConfig(lr=1e-3, minibatches=2, max_tokens_per_mb=32, logprob_chunk_tokens=8, **options)
+    cfg = LearnerConfig(lr=1e-3, minibatches=2, max_tokens_per_mb=16, prefix_row_tokens=16, logprob_chunk_tokens=8,
+                        **options)
     learner = LMLearner(str(model_dir), cfg, AlgoConfig(), rdv=Rendezvous(master_port=next(PORTS)))
     for step in range(steps):
         batch = random_lm_batch(learner.engine, [10 * step, 10 * step + 1], prompt_len=6, completion_len=8,
