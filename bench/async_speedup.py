@@ -6,8 +6,8 @@ Runs arith_tiny with max_staleness = 0 (synchronous: every group of a batch is g
 the current policy, the engine waits for the learner and the learner for the slowest group)
 and with 2, 4, 8, each from the same warm start and seed. Generation lengths are long-tailed,
 as reasoning outputs are: each group emits exactly L tokens, L ~ lognormal (median 12, sigma
-1.0, capped at 96), generating on past EOS; the EOS stays in the text, where the exact-answer
-reward cuts the answer, so the tail changes the work and not the reward. (Before issue 16 the
+1.0, capped at 96), generating on past EOS; the text the exact-answer reward scores ends at
+the first EOS, so the tail changes the work and not the reward. (Before issue 16 the
 tail banned EOS instead: the model then wrote digits where its answer ended, ~88% of groups
 scored all zero and were filtered, and the benchmark measured regeneration, not asynchrony.)
 

@@ -95,6 +95,7 @@ class LMLearner(DeepSpeedLearner):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         super().__init__(model, cfg, rdv, seed, total_updates)
         self._payload_names: set[str] | None = None  # state-dict names a weight export carries
+        self._config_files: dict[str, bytes] = {}  # and the config files beside them
         self.reference_path = not cfg.packing and cfg.logprob_chunk_tokens == 0
         self.mask_style = prefix_mask_style(self.engine.module) if cfg.packing and cfg.prefix_row_tokens else None
         if not self.reference_path:
@@ -229,14 +230,13 @@ class LMLearner(DeepSpeedLearner):
         left out, as ``save_pretrained`` does; no directory round trip (that took 4x as long for the demo model)."""
         from safetensors.torch import save
 
-        if self._payload_names is None:
+        if self._payload_names is None:  # both fixed for the run: worked out at the first export
             first: dict[int, str] = {}
             for name, tensor in self.engine.module.state_dict(keep_vars=True).items():
                 first.setdefault(tensor.data_ptr(), name)
             self._payload_names = set(first.values())
+            self._config_files = {name: (self.model_path / name).read_bytes()
+                                  for name in ("config.json", "generation_config.json")
+                                  if (self.model_path / name).exists()}
         tensors = {name: t.contiguous() for name, t in state.items() if name in self._payload_names}
-        files = {"model.safetensors": save(tensors, metadata={"format": "pt"})}
-        for name in ("config.json", "generation_config.json"):
-            if (self.model_path / name).exists():
-                files[name] = (self.model_path / name).read_bytes()
-        return files
+        return {"model.safetensors": save(tensors, metadata={"format": "pt"}), **self._config_files}

@@ -33,7 +33,7 @@ class SingleTurnWorkflow:
     def sampling_for_group(self, seed: int | None) -> SamplingConfig:
         """The sampling settings of one group, drawn from ``seed`` alone (no hidden RNG state, so a
         resumed run samples the same): the engine's sampling seed and, when configured, a long-tailed
-        forced length (generation continues past EOS, which stays in the text for the reward to cut at).
+        forced length (generation continues past EOS; the text the reward scores ends there).
 
         Reasoning outputs have long-tailed lengths, which is what makes synchronous RL wait
         on stragglers; the benchmark reproduces that on a task whose answers are short.

@@ -25,8 +25,8 @@ class RolloutConfig:
     top_p: float = 1.0
     """Nucleus sampling; 1.0 samples from the full distribution the learner trains."""
     length_tail_median: int = 0
-    """Benchmark workload: if > 0, each group generates exactly L tokens, L ~ lognormal with this median, past EOS
-    (kept in the text, where exact-answer rewards cut the answer)."""
+    """Benchmark workload: if > 0, each group generates exactly L tokens, L ~ lognormal with this median, on past EOS
+    (the completion's text, which rewards score, ends at the first EOS)."""
     length_tail_sigma: float = 1.0
     """Spread (sigma of log L) of that lognormal; L is capped at max_new_tokens."""
     min_workers: int = 0

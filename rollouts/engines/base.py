@@ -11,8 +11,8 @@ class SamplingConfig:
     """How one request is sampled."""
 
     max_new_tokens: int
-    # > 0: generate exactly this many tokens, past EOS, which stays in the text (so a reward can still cut
-    # the answer there); emulates long outputs on a task whose answers are short
+    # > 0: generate exactly this many tokens, on past EOS; the completion's text ends at the first EOS (what
+    # follows is filler the reward never sees); emulates long outputs on a task whose answers are short
     forced_new_tokens: int = 0
     temperature: float = 1.0
     top_p: float = 1.0
