@@ -25,7 +25,7 @@ import ray
 from actors.learner_group import LearnerGroup
 from actors.milestones import MILESTONE
 from actors.remote_calls import RemoteCallTimeout, wait_all
-from actors.rollout_fleet import RolloutFleet, WeightsLost
+from actors.rollout_fleet import Publication, RolloutFleet, WeightsLost
 from actors.step_metrics import StepMetrics
 from areal.balancer import StepObservation, ThroughputBalancer
 from areal.config import TrainConfig
@@ -37,6 +37,15 @@ from rollouts.tasks.base import Task
 log = logging.getLogger(__name__)
 CONTROLLER_FILE = "controller.json"  # beside the learner state in every checkpoint
 
+
+
+def publish_due(version: int, last_sent: int, cfg: TrainConfig) -> bool:
+    """Whether the learners' ``version`` goes to the engines, the last one sent them being ``last_sent``:
+    every rollout.sync_every versions (at most algo.max_staleness; every version in deterministic runs), and
+    always before an evaluation and at the last step (so both see the newest weights)."""
+    every = 1 if cfg.controller.deterministic else min(cfg.rollout.sync_every, max(1, cfg.algo.max_staleness))
+    evaluating = cfg.eval_every > 0 and version % cfg.eval_every == 0
+    return version - last_sent >= every or evaluating or version >= cfg.total_steps
 
 class MetricsSink(Protocol):
     def log(self, step: int, metrics: dict[str, float]) -> None: ...
@@ -97,13 +106,16 @@ class Driver:
             self.fleet.start_worker()
         self.learner_restarts = 0
         self.learners = LearnerGroup(cfg, model_path, use_gpu, self.start_checkpoint, f"{self.tag}-g0")
-        self.payload = self.learners.weights_payload()  # the learners' weights at self.version, for joiners
+        # the newest exported weights (what workers that join load) and their version
+        self.payload, self.payload_version = self.learners.weights_payload(), self.version
         self.fleet.poll_starting(self.payload, self.version, block=True)
         if not self.fleet.serving():
             raise RuntimeError("no rollout worker started; see the errors above (rollout.start_timeout_s)")
         log.info("actors up: %d rollout worker(s), %d learner(s)", len(self.fleet.serving()), cfg.learner.workers,
                  extra=MILESTONE)
-        self.published = self.version
+        self.published = self.version  # what every serving engine has loaded: the gate's version
+        self.publishing: Publication | None = None  # a newer version on its way to the engines
+        self.publish_started, self.sync_stats = 0.0, {}
         self.training: list[ray.ObjectRef] = []
         self.training_started = 0.0
         self.training_ended: float | None = None  # when the driver saw the last train step finish
@@ -124,10 +136,11 @@ class Driver:
             if not self.training:
                 self.training = self.maybe_train()
             try:
-                self.fleet.poll_starting(self.payload, self.published)
+                self.fleet.poll_starting(self.payload, self.payload_version)
             except WeightsLost as exc:  # lost with the learners' node: how an idle group's loss shows first
                 self.recover_learners(exc)
             self.fleet.reap()
+            self.land_publication(block=False)
             self.submit()
             self.collect()
             self.check_progress()
@@ -253,8 +266,10 @@ class Driver:
             self.training_ended = time.monotonic()
             train_seconds = self.training_ended - self.training_started
             self.version += 1
-            self.payload = self.learners.weights_payload()
-            self.metrics.record("weights/export_seconds", time.monotonic() - self.training_ended)
+            publish = publish_due(self.version, self.payload_version, self.cfg)
+            if publish:
+                self.payload, self.payload_version = self.learners.weights_payload(), self.version
+                self.metrics.record("weights/export_seconds", time.monotonic() - self.training_ended)
             if self.cfg.checkpoint.every and self.version % self.cfg.checkpoint.every == 0 and \
                     self.version < self.cfg.total_steps:
                 self.save_checkpoint()
@@ -263,25 +278,45 @@ class Driver:
             return
         if not self.deterministic:
             self.training = self.maybe_train()
-        self.publish(stats)
+        evaluating = bool(self.cfg.eval_every) and self.version % self.cfg.eval_every == 0 and \
+            self.version < self.cfg.total_steps
+        if publish:  # waited for only where the next thing needs the engines on it
+            self.publish(block=self.deterministic or evaluating or self.version >= self.cfg.total_steps)
+        stats.update(self.sync_stats)  # a version that reached the engines since the last step
+        self.sync_stats = {}
         metrics = self.metrics.step(stats, self.fleet.timelines(self.metrics.window_start))
         metrics["staleness/version"] = float(self.version)
         if self.balancer is not None:
             metrics.update(self.balance(metrics, train_seconds))
-        if self.cfg.eval_every and self.version % self.cfg.eval_every == 0 and self.version < self.cfg.total_steps:
+        if evaluating:
             metrics.update(self.evaluate()[0])
         self.emit(self.version, metrics)
 
-    def publish(self, stats: dict[str, float]) -> None:
-        """Ship the learners' version to every rollout worker; the gate moves on once they have it."""
-        start = time.time()
-        seconds, requeue = self.fleet.publish(self.payload, self.version)
+    def publish(self, block: bool) -> None:
+        """Ship ``self.payload`` to every rollout worker. Without ``block`` the loop goes on (collecting,
+        submitting, starting the next update) while the engines reload; the gate moves on once they all
+        have it (``land_publication``). One version travels at a time."""
+        self.land_publication(block=True)
+        self.publishing = self.fleet.start_publish(self.payload, self.payload_version)
+        self.publish_started = time.time()
+        if block:
+            self.land_publication(block=True)
+
+    def land_publication(self, block: bool) -> None:
+        """Once every engine has the version in flight (or failed, then replaced), the gate moves to it."""
+        if self.publishing is None:
+            return
+        result = self.fleet.finish_publish(self.publishing, block)
+        if result is None:
+            return
+        (seconds, requeue), version, self.publishing = result, self.publishing.version, None
         self.requeue(requeue)
-        self.published = self.version
-        self.controller.on_trained(self.version)
-        self.metrics.sync(start, time.time())
-        stats["weights/sync_seconds"] = time.time() - start
-        stats["weights/load_seconds_max"] = max(seconds, default=0.0)
+        self.published = version
+        self.controller.on_trained(version)
+        end = time.time()
+        self.metrics.sync(self.publish_started, end)
+        self.sync_stats = {"weights/sync_seconds": end - self.publish_started,
+                           "weights/load_seconds_max": max(seconds, default=0.0)}
 
     def balance(self, metrics: dict[str, float], train_seconds: float) -> dict[str, float]:
         """One balancer decision per step, applied to the controller and the fleet."""
@@ -334,8 +369,9 @@ class Driver:
         self.trained_tickets = self.trained_tickets[:(self.version - self.start_version) * self.cfg.batch_size]
         self.learners = LearnerGroup(self.cfg, self.model_path, self.use_gpu, source,
                                      f"{self.tag}-g{self.learner_restarts}")
-        self.payload = self.learners.weights_payload()
-        self.publish({})
+        self.publishing = None  # its weights came from the failed group; the engines get the restored ones next
+        self.payload, self.payload_version = self.learners.weights_payload(), self.version
+        self.publish(block=True)
 
     def run_state(self) -> dict:
         return {"controller": self.controller.state_dict(), "batcher": self.batcher.state_dict(),
@@ -368,7 +404,7 @@ class Driver:
         """({eval_key: mean held-out score, "eval/failures": count, "eval/seconds"}, the outputs in eval order),
         split across rollout workers; images are also saved as a grid, RUN_DIR/samples/step-N.png. A held-out reward that
         failed is no score: the mean is over the others (NaN if none), and the failures are counted."""
-        started = time.monotonic()
+        started = time.monotonic()  # the engines run self.published: an evaluation step's publish waits
         results = self.fleet.evaluate(list(self.task.eval), self.payload, self.published)
         outputs = [output for _, output in results]
         if outputs and isinstance(outputs[0], np.ndarray):

@@ -36,6 +36,14 @@ class Pending:
     submitted: float  # time.monotonic() at submission
 
 
+@dataclass(frozen=True)
+class Publication:
+    """A weight version on its way to the workers that were serving when it was sent."""
+    version: int
+    refs: dict[int, ray.ObjectRef]  # worker -> its load_weights call
+    started: float  # time.monotonic()
+
+
 class RolloutFleet:
     """Rollout actors with a least-loaded pick, deadlines and a restart budget."""
 
@@ -199,22 +207,36 @@ class RolloutFleet:
 
     # -- weights and evaluation -------------------------------------------------------------------
     def publish(self, payload: ray.ObjectRef, version: int) -> tuple[list[float], list[int]]:
-        """Load ``version`` on every live worker; a worker that fails or misses
-        ``rollout.weight_sync_timeout_s`` is replaced. Returns (seconds per worker, tickets to requeue)."""
+        """Load ``version`` on every live worker and wait; see ``finish_publish``."""
+        return self.finish_publish(self.start_publish(payload, version), block=True)
+
+    def start_publish(self, payload: ray.ObjectRef, version: int) -> Publication:
+        """Ask every live worker to load ``version``; returns at once (``finish_publish`` collects)."""
         workers = sorted(set(self.pool.serving) | self.retiring)
-        refs = [self.actors[w].load_weights.remote(payload, version) for w in workers]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.cfg.rollout.weight_sync_timeout_s)
+        refs = {w: self.actors[w].load_weights.remote(payload, version) for w in workers}
+        return Publication(version, refs, time.monotonic())
+
+    def finish_publish(self, publication: Publication, block: bool) -> tuple[list[float], list[int]] | None:
+        """None while a worker is still loading (``block`` waits); then (seconds per worker, tickets to
+        requeue). A worker that failed or missed ``rollout.weight_sync_timeout_s`` is replaced."""
+        timeout = self.cfg.rollout.weight_sync_timeout_s
+        refs = list(publication.refs.values())
+        left = max(timeout - (time.monotonic() - publication.started), 0.0) if block else 0.0
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=left)
+        if len(ready) < len(refs) and time.monotonic() - publication.started < timeout:
+            return None
         seconds, requeue = [], []
-        for worker, ref in zip(workers, refs):
+        for worker, ref in publication.refs.items():
+            if worker not in self.actors:
+                continue  # failed for another reason meanwhile: already replaced
             if ref not in ready:
-                requeue += self.fail(worker, f"load_weights(version {version}) unfinished after "
-                                             f"{self.cfg.rollout.weight_sync_timeout_s:.0f}s "
-                                             "(rollout.weight_sync_timeout_s)")
+                requeue += self.fail(worker, f"load_weights(version {publication.version}) unfinished after "
+                                             f"{timeout:.0f}s (rollout.weight_sync_timeout_s)")
                 continue
             try:
                 seconds.append(ray.get(ref, timeout=0))  # ready
             except ray.exceptions.RayError as exc:
-                requeue += self.fail(worker, f"load_weights(version {version}) raised: {exc}")
+                requeue += self.fail(worker, f"load_weights(version {publication.version}) raised: {exc}")
         return seconds, requeue
 
     def evaluate(self, samples: list[TaskSample], payload: ray.ObjectRef, version: int) -> list:

@@ -44,6 +44,13 @@ class RolloutConfig:
     run only on nodes that advertise them (``ray start --resources``); empty = any node."""
     generate_timeout_s: float = 600.0
     """A group that takes longer fails with an error naming the worker."""
+    sync_every: int = 1
+    """Ship the learners' weights to the engines every this many versions (1 = every version). Each update
+    pauses generation for a reload; fewer of them buy generation time at the price of staler samples (the
+    staleness gate still bounds every trained sample by algo.max_staleness, counted from the version the
+    engine ran). Capped at algo.max_staleness (engines further behind could start no fresh group), so
+    synchronous runs (max_staleness 0) and controller.deterministic=true sync every version. Evaluations and
+    the last step always see the newest weights."""
     weight_sync_timeout_s: float = 300.0
     """A weight update that takes longer fails with an error naming the worker and version."""
     start_timeout_s: float = 900.0
@@ -54,6 +61,7 @@ class RolloutConfig:
 
     def __post_init__(self):
         require(self.workers >= 1, "rollout.workers", self.workers, "an int >= 1")
+        require(self.sync_every >= 1, "rollout.sync_every", self.sync_every, "an int >= 1 (1 = every version)")
         require(self.min_workers <= self.workers, "rollout.min_workers", self.min_workers,
                 f"0 (= rollout.workers) or at most rollout.workers ({self.workers})")
         require(self.max_workers == 0 or self.max_workers >= self.workers, "rollout.max_workers", self.max_workers,

@@ -135,8 +135,9 @@ class VLLMEngine(Engine):
             # user set it, overrides this); bytes let tests use a fraction of a GiB.
             kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gb * _GIB)
         self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        self._clear_kv_on_update = cfg.kv_on_update == "recompute"
         self._version = _INITIAL_VERSION
-        self._model_path, self._tokenizer = str(model_path), None  # the tokenizer: only for forced lengths
+        self._model_path, self._tokenizer = str(model_path), None  # decodes completions (loaded on first use)
         self._update_lock = asyncio.Lock()  # binds to the running loop on first use
 
     def _live(self):
@@ -169,6 +170,10 @@ class VLLMEngine(Engine):
             stop=list(sampling.stop) or None,
             seed=sampling.seed,
             logprobs=0,
+            # vLLM's client detokenizes incrementally at every step, and spells out each sampled token's text
+            # for its logprob: CPU the engine and the learner need on a small machine. Texts are decoded once
+            # per completion below instead; only stop strings need the incremental detokenizer.
+            detokenize=bool(sampling.stop),
             # One message per request: weight-version spans only come with the final output.
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
@@ -181,12 +186,13 @@ class VLLMEngine(Engine):
             got = 0 if final is None else len(final.outputs)
             raise RuntimeError(f"vLLM returned {got} completions for a request of n={n}")
         completions = [_to_completion(c) for c in sorted(final.outputs, key=lambda c: c.index)]
-        if sampling.forced_new_tokens:
+        if sampling.forced_new_tokens or not params.detokenize:
             # what was generated past EOS is filler: the text (which rewards read) ends where the answer ended
             completions = [dataclasses.replace(c, text=self._text_before_eos(c.token_ids)) for c in completions]
         return completions
 
     def _text_before_eos(self, token_ids: tuple[int, ...]) -> str:
+        """The text of ``token_ids`` up to the first EOS, special tokens skipped (as vLLM's detokenizer does)."""
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
@@ -209,8 +215,8 @@ class VLLMEngine(Engine):
             try:
                 # "keep" freezes requests with the tokens they have; it returns once the core is
                 # idle, so no step with the old weights can run after the label changes.
-                # clear_cache drops KV computed by the old weights: requests recompute it.
-                await llm.pause_generation(mode="keep", clear_cache=True)
+                # clear_cache drops KV computed by the old weights: requests recompute it (engine.kv_on_update).
+                await llm.pause_generation(mode="keep", clear_cache=self._clear_kv_on_update)
                 # Tensors sent through collective_rpc arrive as lists on the CPU build, so
                 # the worker reads the files itself.
                 await llm.collective_rpc("reload_weights_from", kwargs={"weights_path": str(path)})

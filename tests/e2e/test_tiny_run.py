@@ -33,6 +33,14 @@ def test_weights_reached_the_rollout_workers(finished_run):
     assert summary["eval_outputs_changed"] > 0  # greedy generation differs after the updates
 
 
+def test_the_engines_loaded_every_second_version(finished_run):
+    cfg, out, _ = finished_run
+    assert cfg.rollout.sync_every == 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    synced = [r["staleness/version"] for r in rows if "weights/sync_seconds" in r]
+    assert synced == [2.0, 4.0]
+
+
 def test_no_trained_sample_exceeded_the_staleness_bound(finished_run):
     cfg, out, summary = finished_run
     assert summary["max_trained_staleness"] <= cfg.algo.max_staleness

@@ -96,9 +96,11 @@ def assert_every_prompt_counted(summary: dict, steps: int, batch: int) -> None:
 def test_killed_rollout_actors_are_replaced_and_their_prompts_requeued_once(ray_session, tmp_path):
     random.seed(7)
     steps, batch = 20, 4
+    # every version synced: the gate then keeps groups in flight on both workers (with engines a version
+    # behind it can hold generation back until the next version lands, and the kills would find them idle)
     thread, result = start_training(["experiment=ci_tiny", f"out_dir={tmp_path}", f"total_steps={steps}",
-                                     "rollout.workers=2", "eval_every=0", "logging.tensorboard=false",
-                                     "logging.wandb_mode=disabled"])
+                                     "rollout.workers=2", "eval_every=0", "rollout.sync_every=1",
+                                     "logging.tensorboard=false", "logging.wandb_mode=disabled"])
     wait_for(lambda: trained_steps(tmp_path) >= 1 or not thread.is_alive(), 600, "the first train step")
     killed = []
     for _ in range(2):  # the second kill lands before the first replacement serves: no worker left for a while
@@ -112,7 +114,7 @@ def test_killed_rollout_actors_are_replaced_and_their_prompts_requeued_once(ray_
     # every dead worker was replaced (a replacement may still be starting when the run ends)
     assert summary["rollout_workers"] + summary["rollout_workers_starting"] == 2
     # each rollout the dead workers held went back to the queue exactly once
-    assert summary["outcomes"]["failed"] == sum(len(f["tickets"]) for f in failures)
+    assert summary["outcomes"].get("failed", 0) == sum(len(f["tickets"]) for f in failures)
     assert_every_prompt_counted(summary, steps, batch)
     assert set(summary["rollout_engine_versions"]) == {steps}
 

@@ -142,19 +142,20 @@ def test_update_changes_greedy_output_and_restoring_brings_it_back(loop, engine,
     assert all(set(c.versions) == {v0 + 2} for c in restored)
 
 
-def test_in_flight_requests_carry_old_then_new_version_tags(loop, engine, models):
-    prompts = PROMPTS
-    reference = generate_all(loop, engine, prompts, greedy(LONG))  # what the old weights produce
+def update_in_flight(loop, engine, models, min_old=16):
+    """Greedy LONG-token requests for every prompt, with the perturbed weights loaded once each has
+    ``min_old`` tokens; the base weights are restored after. Returns (completions, references under the
+    base weights, old version, new version)."""
+    reference = generate_all(loop, engine, PROMPTS, greedy(LONG))  # what the old weights produce
     v_old = engine.version
     v_new = v_old + 1
-    min_old = 16
 
     async def run():
-        tasks = [asyncio.ensure_future(engine.generate(p, greedy(LONG))) for p in prompts]
+        tasks = [asyncio.ensure_future(engine.generate(p, greedy(LONG))) for p in PROMPTS]
         # Update once every request has some tokens: peeking at vLLM's per-request state is
         # the only progress signal, since the engine returns each request once, at its end.
         states = engine._llm.output_processor.request_states
-        while len(states) < len(prompts) or min(s.detokenizer.num_output_tokens() for s in states.values()) < min_old:
+        while len(states) < len(PROMPTS) or min(s.detokenizer.num_output_tokens() for s in states.values()) < min_old:
             assert not any(t.done() for t in tasks), "a request finished before the update"
             await asyncio.sleep(0.002)
         seconds = await engine.update_weights(models["perturbed_dir"], v_new)
@@ -162,26 +163,66 @@ def test_in_flight_requests_carry_old_then_new_version_tags(loop, engine, models
 
     try:
         completions, seconds = loop.run_until_complete(run())
-        print(f"\nupdate_weights with {len(prompts)} requests in flight: {seconds:.3f} s")
+        print(f"\nupdate_weights with {len(PROMPTS)} requests in flight: {seconds:.3f} s")
     finally:
         update(loop, engine, models["base_dir"], v_new + 1)
+    return completions, reference, v_old, v_new
 
-    for prompt, ref, c in zip(prompts, reference, completions):
-        assert len(c.token_ids) == LONG and c.finish_reason == "length"
-        n_old = c.versions.count(v_old)
-        assert c.versions == (v_old,) * n_old + (v_new,) * (LONG - n_old), c.versions
-        assert min_old <= n_old < LONG
-        assert c.token_ids[:n_old] == ref.token_ids[:n_old]
-        # Each token's logprob must match the weights its tag names, right up to the boundary,
-        # and the last old / first new token must not match the other weights.
-        old_lp = token_logprobs(hf_logprobs(models["base"], prompt, c.token_ids), c.token_ids)
-        new_lp = token_logprobs(hf_logprobs(models["perturbed"], prompt, c.token_ids), c.token_ids)
-        got = torch.tensor(c.logprobs)
-        assert torch.allclose(got[:n_old], old_lp[:n_old], atol=1e-3)
+
+def split_at_update(models, prompt, ref, c, v_old, v_new, min_old=16):
+    """Checks what holds either way; returns (tokens drawn by the old weights, the completion's logprobs,
+    logprobs of the base and of the perturbed model recomputed over the whole sequence)."""
+    assert len(c.token_ids) == LONG and c.finish_reason == "length"
+    n_old = c.versions.count(v_old)
+    assert c.versions == (v_old,) * n_old + (v_new,) * (LONG - n_old), c.versions
+    assert min_old <= n_old < LONG
+    assert c.token_ids[:n_old] == ref.token_ids[:n_old]
+    old_lp = token_logprobs(hf_logprobs(models["base"], prompt, c.token_ids), c.token_ids)
+    new_lp = token_logprobs(hf_logprobs(models["perturbed"], prompt, c.token_ids), c.token_ids)
+    got = torch.tensor(c.logprobs)
+    assert torch.allclose(got[:n_old], old_lp[:n_old], atol=1e-3)
+    return n_old, got, old_lp, new_lp
+
+
+def test_in_flight_requests_carry_old_then_new_version_tags(loop, engine, models):
+    completions, reference, v_old, v_new = update_in_flight(loop, engine, models)
+    for prompt, ref, c in zip(PROMPTS, reference, completions):
+        n_old, got, old_lp, new_lp = split_at_update(models, prompt, ref, c, v_old, v_new)
+        # Each token's logprob must match the weights its tag names, right up to the boundary (the KV
+        # cache was recomputed with the new weights), and the last old / first new token must not
+        # match the other weights.
         assert torch.allclose(got[n_old:], new_lp[n_old:], atol=1e-3)
         assert abs(got[n_old - 1] - new_lp[n_old - 1]) > 1e-2
         assert abs(got[n_old] - old_lp[n_old]) > 1e-2
 
+
+def test_with_kv_on_update_keep_new_tokens_attend_to_keys_and_values_of_the_old_weights(loop, engine, models):
+    """engine.kv_on_update=keep: no re-prefill at an update. Tags and the old part are as with recompute;
+    after the boundary the new weights draw over the old weights' KV cache, so the logprobs are neither
+    model's recomputation over the whole sequence (they are still those of the distribution sampled)."""
+    engine._clear_kv_on_update = False  # what EngineConfig(kv_on_update="keep") sets
+    try:
+        completions, reference, v_old, v_new = update_in_flight(loop, engine, models)
+    finally:
+        engine._clear_kv_on_update = True
+    for prompt, ref, c in zip(PROMPTS, reference, completions):
+        n_old, got, old_lp, new_lp = split_at_update(models, prompt, ref, c, v_old, v_new)
+        assert abs(got[n_old] - new_lp[n_old]) > 1e-2
+        assert abs(got[n_old] - old_lp[n_old]) > 1e-2
+
+
+def test_texts_decoded_once_per_completion_equal_vllms_incremental_detokenizer(loop, engine):
+    """Without stop strings the engine skips vLLM's per-step detokenizer and decodes each completion at its
+    end; a stop string that never occurs turns the detokenizer on: same tokens, same texts."""
+    from rollouts.engines.base import SamplingConfig
+
+    plain = SamplingConfig(max_new_tokens=24, temperature=1.0, seed=11)
+    with_stop = SamplingConfig(max_new_tokens=24, temperature=1.0, seed=11, stop=("never-said",))
+    a = loop.run_until_complete(engine.generate(PROMPTS[4], plain, n=6))
+    b = loop.run_until_complete(engine.generate(PROMPTS[4], with_stop, n=6))
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+    assert [c.text for c in a] == [c.text for c in b]
+    assert any(c.text for c in a)
 
 
 def test_seeded_requests_survive_an_update_whose_recompute_exceeds_one_step_of_the_default_budget(loop, engine,

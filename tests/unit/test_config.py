@@ -29,6 +29,8 @@ def test_the_demo_preset_composes_into_typed_dataclasses():
         ("learner.byzantine.ranks=[3]", "learner.byzantine.ranks"),
         ("checkpoint.keep_last=0", "checkpoint.keep_last"),
         ("learner.lr_decay=linear", "learner.lr_decay"),
+        ("rollout.sync_every=0", "rollout.sync_every"),
+        ("engine.kv_on_update=drop", "engine.kv_on_update"),
     ],
 )
 def test_bad_values_fail_at_load_naming_the_field(override, named):
