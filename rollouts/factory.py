@@ -34,6 +34,7 @@ def make_rollout_worker(cfg: TrainConfig, model_path: str, rank: int, weights_ro
 
     from rollouts.engines import make_engine
     from rollouts.engines.base import SamplingConfig
+    from rollouts.prompt_format import PromptFormat
     from rollouts.workflow import SingleTurnWorkflow
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -43,5 +44,6 @@ def make_rollout_worker(cfg: TrainConfig, model_path: str, rank: int, weights_ro
     engine = make_engine(cfg.engine, model_path, seed_offset=rank)
     workflow = SingleTurnWorkflow(task, tokenizer, sampling, cfg.rollout.samples_per_prompt,
                                   make_reward_pool(task, cfg.task),
-                                  length_tail=(tail, cfg.rollout.length_tail_sigma) if tail else None)
+                                  length_tail=(tail, cfg.rollout.length_tail_sigma) if tail else None,
+                                  prompt_format=PromptFormat(cfg.task.chat_template, cfg.task.system_prompt))
     return RolloutWorker(engine, workflow, task, weights_root)

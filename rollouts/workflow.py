@@ -10,6 +10,7 @@ import time
 
 from areal.types import Trajectory, TrajectoryGroup
 from rollouts.engines.base import Engine, SamplingConfig
+from rollouts.prompt_format import PromptFormat
 from rollouts.reward_pool import RewardPool
 from rollouts.rewards import RewardOutcome, failure_info
 from rollouts.tasks.base import Task, TaskSample
@@ -25,9 +26,9 @@ class SingleTurnWorkflow:
     action_unit = "tokens"
 
     def __init__(self, task: Task, tokenizer, sampling: SamplingConfig, n: int, rewards: RewardPool,
-                 length_tail: tuple[int, float] | None = None):
+                 length_tail: tuple[int, float] | None = None, prompt_format: PromptFormat = PromptFormat()):
         self.task, self.tokenizer, self.sampling, self.n = task, tokenizer, sampling, n
-        self.rewards = rewards
+        self.rewards, self.prompt_format = rewards, prompt_format
         self.length_tail = length_tail  # (median, sigma) of a lognormal forced length, or None
 
     def sampling_for_group(self, seed: int | None) -> SamplingConfig:
@@ -46,8 +47,9 @@ class SingleTurnWorkflow:
         return dataclasses.replace(sampling, forced_new_tokens=max(1, min(length, self.sampling.max_new_tokens)))
 
     def encode(self, sample: TaskSample) -> list[int]:
-        """Prompt token ids (the tokenizer adds whatever special tokens the model expects)."""
-        return list(self.tokenizer.encode(sample.prompt))
+        """Prompt token ids: the raw text or a chat turn (``task.chat_template``), special tokens as the model
+        expects them."""
+        return self.prompt_format.encode(self.tokenizer, sample.prompt)
 
     async def run(self, engine: Engine, sample: TaskSample, submit_version: int,
                   seed: int | None = None) -> TrajectoryGroup:

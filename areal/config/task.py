@@ -27,6 +27,11 @@ class TaskConfig:
     """image_prompts with reward=aesthetic: local directory of a CLIP model plus aesthetic_head.safetensors."""
     eval_path: str = ""
     """gsm8k: held-out JSONL; empty = hold out the last eval_size rows of path."""
+    chat_template: str = "auto"
+    """Text tasks: "auto" renders each prompt as a user turn in the tokenizer's chat template when it has one
+    (instruct models), "none" feeds the raw text (rollouts/prompt_format.py)."""
+    system_prompt: str = ""
+    """Text tasks in chat format: a system turn before each prompt ("" = none; the template may add its own)."""
     seed: int = 0
     """Problem generation and shuffling seed."""
     eval_size: int = 200
@@ -49,6 +54,8 @@ class TaskConfig:
                 self.reward, f"one of {', '.join(IMAGE_REWARDS)} or 'package.module:name'")
         require(self.reward != "aesthetic" or bool(self.reward_model_path), "task.reward_model_path",
                 self.reward_model_path, "a local directory with the CLIP model and aesthetic_head.safetensors")
+        require(self.chat_template in ("auto", "none"), "task.chat_template", self.chat_template,
+                "'auto' (the tokenizer's chat template when it has one) or 'none' (raw text)")
         require(self.eval_size >= 1, "task.eval_size", self.eval_size, "an int >= 1")
         require(self.reward_timeout_s > 0, "task.reward_timeout_s", self.reward_timeout_s,
                 "a positive number of seconds")
