@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 CONTROLLER_FILE = "controller.json"  # beside the learner state in every checkpoint
 
 
-
 def publish_due(version: int, last_sent: int, cfg: TrainConfig) -> bool:
     """Whether the learners' ``version`` goes to the engines, the last one sent them being ``last_sent``:
     every rollout.sync_every versions (at most algo.max_staleness; every version in deterministic runs), and
@@ -46,6 +45,7 @@ def publish_due(version: int, last_sent: int, cfg: TrainConfig) -> bool:
     every = 1 if cfg.controller.deterministic else min(cfg.rollout.sync_every, max(1, cfg.algo.max_staleness))
     evaluating = cfg.eval_every > 0 and version % cfg.eval_every == 0
     return version - last_sent >= every or evaluating or version >= cfg.total_steps
+
 
 class MetricsSink(Protocol):
     def log(self, step: int, metrics: dict[str, float]) -> None: ...
