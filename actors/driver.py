@@ -402,8 +402,8 @@ class Driver:
     # -- evaluation and metrics -------------------------------------------------------------------
     def evaluate(self) -> tuple[dict[str, float], list]:
         """({eval_key: mean held-out score, "eval/failures": count, "eval/seconds"}, the outputs in eval order),
-        split across rollout workers; images are also saved as a grid, RUN_DIR/samples/step-N.png. A held-out reward that
-        failed is no score: the mean is over the others (NaN if none), and the failures are counted."""
+        split across rollout workers; images are also saved as a grid, RUN_DIR/samples/step-N.png. A held-out
+        reward that failed is no score: the mean is over the others (NaN if none), and the failures are counted."""
         started = time.monotonic()  # the engines run self.published: an evaluation step's publish waits
         results = self.fleet.evaluate(list(self.task.eval), self.payload, self.published)
         outputs = [output for _, output in results]
