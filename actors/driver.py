@@ -38,13 +38,17 @@ log = logging.getLogger(__name__)
 CONTROLLER_FILE = "controller.json"  # beside the learner state in every checkpoint
 
 
+def evaluation_due(version: int, cfg: TrainConfig) -> bool:
+    """Whether a held-out evaluation follows the update to ``version`` (the last one has its own)."""
+    return cfg.eval_every > 0 and version % cfg.eval_every == 0 and version < cfg.total_steps
+
+
 def publish_due(version: int, last_sent: int, cfg: TrainConfig) -> bool:
     """Whether the learners' ``version`` goes to the engines, the last one sent them being ``last_sent``:
     every rollout.sync_every versions (at most algo.max_staleness; every version in deterministic runs), and
     always before an evaluation and at the last step (so both see the newest weights)."""
     every = 1 if cfg.controller.deterministic else min(cfg.rollout.sync_every, max(1, cfg.algo.max_staleness))
-    evaluating = cfg.eval_every > 0 and version % cfg.eval_every == 0
-    return version - last_sent >= every or evaluating or version >= cfg.total_steps
+    return version - last_sent >= every or evaluation_due(version, cfg) or version >= cfg.total_steps
 
 
 class MetricsSink(Protocol):
@@ -278,8 +282,7 @@ class Driver:
             return
         if not self.deterministic:
             self.training = self.maybe_train()
-        evaluating = bool(self.cfg.eval_every) and self.version % self.cfg.eval_every == 0 and \
-            self.version < self.cfg.total_steps
+        evaluating = evaluation_due(self.version, self.cfg)
         if publish:  # waited for only where the next thing needs the engines on it
             self.publish(block=self.deterministic or evaluating or self.version >= self.cfg.total_steps)
         stats.update(self.sync_stats)  # a version that reached the engines since the last step

@@ -206,10 +206,6 @@ class RolloutFleet:
         self.pending.clear()
 
     # -- weights and evaluation -------------------------------------------------------------------
-    def publish(self, payload: ray.ObjectRef, version: int) -> tuple[list[float], list[int]]:
-        """Load ``version`` on every live worker and wait; see ``finish_publish``."""
-        return self.finish_publish(self.start_publish(payload, version), block=True)
-
     def start_publish(self, payload: ray.ObjectRef, version: int) -> Publication:
         """Ask every live worker to load ``version``; returns at once (``finish_publish`` collects)."""
         workers = sorted(set(self.pool.serving) | self.retiring)
