@@ -272,8 +272,12 @@ class Driver:
             self.version += 1
             publish = publish_due(self.version, self.payload_version, self.cfg)
             if publish:
+                # learners keep only their newest export (bucket files in RAM), so the version on its way to the
+                # engines must have landed before the next one replaces it
+                self.land_publication(block=True)
+                exporting = time.monotonic()
                 self.payload, self.payload_version = self.learners.weights_payload(), self.version
-                self.metrics.record("weights/export_seconds", time.monotonic() - self.training_ended)
+                self.metrics.record("weights/export_seconds", time.monotonic() - exporting)
             if self.cfg.checkpoint.every and self.version % self.cfg.checkpoint.every == 0 and \
                     self.version < self.cfg.total_steps:
                 self.save_checkpoint()

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.learner_actor import LearnerActor, learner_env
+from actors.learner_actor import LearnerActor, NativeLearnerActor, learner_env
 from actors.remote_calls import wait_all
+from actors.weight_transport import run_transport
 from areal.config import TrainConfig
 from areal.types import ChainBatch, TrainBatch
+
+log = logging.getLogger(__name__)
 
 
 @ray.remote(num_cpus=0)
@@ -40,8 +44,13 @@ class LearnerGroup:
         ((addr, port),) = wait_all([_rendezvous_address.options(
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0)).remote()],
             cfg.learner.start_timeout_s, "learner rendezvous address", "learner.start_timeout_s")
+        choice = run_transport(cfg, learner_on_gpu=use_gpu and cfg.learner.num_gpus > 0,
+                               engine_on_gpu=use_gpu and cfg.rollout.num_gpus > 0)
+        log.info("weight transport: %s%s (%s)", choice.transport, f"/{choice.backend}" if choice.backend else "",
+                 choice.reason)
+        native = choice.transport == "native"
         self.actors = [
-            LearnerActor.options(
+            (NativeLearnerActor if native else LearnerActor).options(
                 name=f"{tag}-learner-{rank}",
                 num_cpus=cfg.learner.num_cpus,
                 num_gpus=cfg.learner.num_gpus,
@@ -111,6 +120,10 @@ class LearnerGroup:
         return wait_all([a.pid.remote() for a in self.actors], 60, "pid", "(fixed 60 s)", self.names)
 
     def shutdown(self) -> None:
+        # a rank's exported weights live in RAM outside its process (/dev/shm): ask it to remove them first;
+        # a rank that is dead or hung leaves them to the next learner on its node (areal.ram_dirs)
+        closing = [actor.close.remote() for actor in self.actors]
+        ray.wait(closing, num_returns=len(closing), timeout=5)
         for actor in self.actors:
             ray.kill(actor)
         try:

@@ -8,8 +8,11 @@ from typing import Any
 import ray
 
 from actors.process_env import worker_env
+from actors.weight_fetch import bucket_fetcher
+from actors.weight_transport import run_transport
 from areal.config import TrainConfig
 from areal.types import TrajectoryGroup
+from areal.weight_sync import NativeOffer, WeightManifest
 from rollouts.tasks.base import TaskSample
 from rollouts.weight_staging import WeightStaging
 
@@ -33,10 +36,14 @@ class RolloutActor:
         from rollouts.factory import make_rollout_worker
 
         self.rank = rank
+        self.sync_timeout_s = cfg.rollout.weight_sync_timeout_s
         self.staging = WeightStaging(rank, cfg.rollout.staging_dir)
         device = "cuda" if torch.cuda.is_available() and cfg.rollout.num_gpus else "cpu"
+        choice = run_transport(cfg, learner_on_gpu=cfg.learner.num_gpus > 0, engine_on_gpu=device == "cuda")
+        self.native_backend = choice.backend if choice.transport == "native" else ""
+        self.key = f"rollout-{rank}-pid{os.getpid()}"  # this engine, for the learner's native senders
         try:
-            self.worker = make_rollout_worker(cfg, model_path, rank, self.staging.path, device)
+            self.worker = make_rollout_worker(cfg, model_path, rank, self.staging.path, device, self.native_backend)
         except BaseException:
             self.staging.remove()
             raise
@@ -50,8 +57,28 @@ class RolloutActor:
     async def evaluate(self, samples: list[TaskSample]) -> list[tuple[float, Any]]:
         return await self.worker.evaluate(samples)
 
-    async def load_weights(self, files: dict[str, bytes], version: int) -> float:
-        return await self.worker.load_weights(files, version)
+    async def load_weights(self, weights: dict[str, bytes] | WeightManifest | NativeOffer, version: int) -> float:
+        if isinstance(weights, NativeOffer):
+            if weights.backend == self.native_backend:  # the learner sends; the native_* calls below receive
+                me = ray.get_runtime_context().current_actor
+                return await self.worker.load_native(lambda: weights.sender.push_weights.remote(self.key, me, version),
+                                                     version)
+            weights = weights.manifest  # an engine built without it reads the offer's buckets
+        fetch = bucket_fetcher(weights) if isinstance(weights, WeightManifest) else None
+        return await self.worker.load_weights(weights, version, fetch, self.sync_timeout_s)
+
+    # vLLM's native weight transfer, driven from the learner (actors.native_client); UNVERIFIED
+    async def native_init(self, init_info: dict) -> None:
+        await self.worker.engine.native_init(init_info)
+
+    async def native_start(self) -> None:
+        await self.worker.engine.native_start()
+
+    async def native_update(self, update_info) -> None:
+        await self.worker.engine.native_update(update_info)
+
+    async def native_finish(self, version: int) -> None:
+        await self.worker.engine.native_finish(version)
 
     async def stats(self) -> dict:
         return self.worker.stats()

@@ -18,6 +18,7 @@ from actors.remote_calls import RemoteCallTimeout, wait_all
 from actors.rollout_actor import RolloutActor, rollout_env
 from areal.config import TrainConfig
 from areal.controller import Rollout
+from areal.weight_sync import WeightsUnavailable
 from areal.worker_pool import LeastLoaded
 from rollouts.tasks.base import TaskSample
 
@@ -91,7 +92,7 @@ class RolloutFleet:
                         wait_all([self.actors[worker].load_weights.remote(payload, version)],
                                  self.cfg.rollout.weight_sync_timeout_s, f"load_weights(version {version})",
                                  "rollout.weight_sync_timeout_s", [self.name(worker)])
-                except ray.exceptions.ObjectLostError as exc:  # the weights are gone, not this worker
+                except (ray.exceptions.ObjectLostError, WeightsUnavailable) as exc:  # the weights are gone, not it
                     self.starting[worker] = (ref, time.monotonic())  # it joins once they are exported again
                     raise WeightsLost(f"the weights of version {version} are lost with the learners' node "
                                       f"({self.name(worker)} could not load them): {exc}") from exc

@@ -18,9 +18,12 @@ import numpy as np
 import torch
 
 from areal.config import LearnerConfig
+from areal.weight_sync import WeightManifest, plan_buckets
 from learners.checkpoint import CheckpointError, digests, read_state, write_state
-from learners.deepspeed_setup import Rendezvous, full_state_dict, make_engine, use_cuda
+from learners.deepspeed_setup import (Rendezvous, full_state_dict, make_engine, partial_state_dict, state_sizes,
+                                      use_cuda)
 from learners.grad_exchange import GradientExchange
+from learners.weight_export import BucketExporter
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
@@ -45,6 +48,7 @@ class DeepSpeedLearner(abc.ABC):
         self.exchange = GradientExchange(self.engine, cfg, rdv, seed)
         self.device = self.engine.device
         self.version = 0
+        self._exporter: BucketExporter | None = None  # rank 0's exported buckets (rollout.weight_transport)
 
     @abc.abstractmethod
     def train_step(self, batch) -> dict[str, float]:
@@ -57,6 +61,11 @@ class DeepSpeedLearner(abc.ABC):
     @abc.abstractmethod
     def payload_files(self, state: dict[str, torch.Tensor]) -> dict[str, bytes]:
         """The files a rollout backend loads to run ``state`` (flat names)."""
+
+    def export_names(self) -> list[str]:
+        """State-dict names a bucket export carries, in load order (a subclass leaves out what the engine
+        derives, such as a tied LM head)."""
+        raise NotImplementedError(f"{type(self).__name__} has no bucket export; set rollout.weight_transport=files")
 
     # -- one update -------------------------------------------------------
     def optimizer_step(self, stats: dict[str, list[float]]) -> None:
@@ -172,3 +181,25 @@ class DeepSpeedLearner(abc.ABC):
         collectively); ranks other than 0 return {}."""
         state = self.gathered_state()
         return self.payload_files(state) if self.rdv.rank == 0 else {}
+
+    def remove_exports(self) -> None:
+        """Delete the exported buckets (they are in RAM, e.g. /dev/shm, not in this process)."""
+        if self._exporter is not None:
+            self._exporter.remove()
+
+    def weights_manifest(self, bound_bytes: int, root: str = "", node_id: str = "") -> WeightManifest | None:
+        """The current weights written as buckets of at most ``bound_bytes`` into RAM on this node (under
+        ``root``, default /dev/shm), replacing the previous version; returns where they lie. Every rank must
+        call it (ZeRO-3 gathers each bucket collectively, in the same order on every rank); ranks other than 0
+        write nothing and return None."""
+        all_sizes = state_sizes(self.engine, self.cfg.zero_stage)
+        sizes = [(name, all_sizes[name]) for name in self.export_names()]
+        if self.rdv.rank != 0:
+            if self.cfg.zero_stage == 3:
+                for names in plan_buckets(sizes, bound_bytes):
+                    partial_state_dict(self.engine, 3, names)
+            return None
+        if self._exporter is None:
+            self._exporter = BucketExporter(bound_bytes, root, node_id)
+        return self._exporter.export(self.version, sizes,
+                                     lambda names: partial_state_dict(self.engine, self.cfg.zero_stage, names))

@@ -115,3 +115,32 @@ def full_state_dict(engine, zero_stage: int) -> dict[str, torch.Tensor]:
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
             return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def state_sizes(engine, zero_stage: int) -> dict[str, int]:
+    """Bytes of every state-dict entry of the whole model (ZeRO-3 parameters report their full shape)."""
+    module = engine.module
+    params = dict(module.named_parameters())
+    sizes = {}
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        param = params.get(name)
+        numel = getattr(param, "ds_numel", None) if zero_stage == 3 and param is not None else None
+        sizes[name] = (numel if numel is not None else tensor.numel()) * tensor.element_size()
+    return sizes
+
+
+def partial_state_dict(engine, zero_stage: int, names: list[str]) -> dict[str, torch.Tensor]:
+    """The whole-model tensors of ``names`` on CPU, gathered across ranks under ZeRO-3 (collective: every rank
+    calls it with the same names). Below ZeRO-3 on CPU they are views of the live weights, no copy: the caller
+    writes them out before the next optimizer step."""
+    module = engine.module
+    if zero_stage == 3:
+        import deepspeed
+
+        params = dict(module.named_parameters())
+        gathered = [params[n] for n in names if n in params]
+        with deepspeed.zero.GatheredParameters(gathered, modifier_rank=None):
+            state = module.state_dict()
+            return {n: state[n].detach().cpu().clone() for n in names}
+    state = module.state_dict()
+    return {n: state[n].detach().cpu() for n in names}

@@ -94,7 +94,7 @@ class LMLearner(DeepSpeedLearner):
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         super().__init__(model, cfg, rdv, seed, total_updates)
-        self._payload_names: set[str] | None = None  # state-dict names a weight export carries
+        self._payload_names: list[str] | None = None  # state-dict names a weight export carries, in order
         self._config_files: dict[str, bytes] = {}  # and the config files beside them
         self.reference_path = not cfg.packing and cfg.logprob_chunk_tokens == 0
         self.mask_style = prefix_mask_style(self.engine.module) if cfg.packing and cfg.prefix_row_tokens else None
@@ -224,19 +224,37 @@ class LMLearner(DeepSpeedLearner):
             if (self.model_path / name).exists():
                 shutil.copy2(self.model_path / name, path / name)
 
-    def payload_files(self, state: dict[str, torch.Tensor]) -> dict[str, bytes]:
-        """The weights as one safetensors file, serialised in memory, plus the starting model's config files
-        (vLLM reloads them in place). Tensors tied to an earlier one (an LM head tied to the embedding) are
-        left out, as ``save_pretrained`` does; no directory round trip (that took 4x as long for the demo model)."""
-        from safetensors.torch import save
+    def export_names(self) -> list[str]:
+        """State-dict names a weight export carries, in order; fixed for the run, so worked out at the first export."""
+        if self._payload_names is None:
+            self._payload_names = untied_names(self.engine.module)
+        return self._payload_names
 
-        if self._payload_names is None:  # both fixed for the run: worked out at the first export
-            first: dict[int, str] = {}
-            for name, tensor in self.engine.module.state_dict(keep_vars=True).items():
-                first.setdefault(tensor.data_ptr(), name)
-            self._payload_names = set(first.values())
+    def payload_files(self, state: dict[str, torch.Tensor]) -> dict[str, bytes]:
+        """The files transport's payload (``safetensors_payload``), with the starting model's config files."""
+        if not self._config_files:  # fixed for the run: read at the first export
             self._config_files = {name: (self.model_path / name).read_bytes()
                                   for name in ("config.json", "generation_config.json")
                                   if (self.model_path / name).exists()}
-        tensors = {name: t.contiguous() for name, t in state.items() if name in self._payload_names}
-        return {"model.safetensors": save(tensors, metadata={"format": "pt"}), **self._config_files}
+        return safetensors_payload(state, self.export_names(), self._config_files)
+
+
+def untied_names(module: torch.nn.Module) -> list[str]:
+    """State-dict names in order, less tensors tied to an earlier one (an LM head tied to the embedding), as
+    ``save_pretrained`` leaves them out: the engine ties them again itself."""
+    first: dict[int, str] = {}
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        # storage identifies a tie; a ZeRO-3 partition may hold none here, and then only the same object is a tie
+        first.setdefault(tensor.data_ptr() if tensor.numel() else id(tensor), name)
+    return list(first.values())
+
+
+def safetensors_payload(state: dict[str, torch.Tensor], names: list[str], config_files: dict[str, bytes]
+                        ) -> dict[str, bytes]:
+    """The weights ``names`` of ``state`` as one safetensors file serialised in memory, plus ``config_files`` (vLLM
+    reloads the folder in place); no directory round trip (that took 4x as long for the demo model)."""
+    from safetensors.torch import save
+
+    keep = set(names)
+    tensors = {name: t.contiguous() for name, t in state.items() if name in keep}
+    return {"model.safetensors": save(tensors, metadata={"format": "pt"}), **config_files}

@@ -17,8 +17,9 @@ def make_reward_pool(task: Task, cfg: TaskConfig) -> RewardPool:
 
 
 def make_rollout_worker(cfg: TrainConfig, model_path: str, rank: int, weights_root: str | Path,
-                        device: str = "cpu") -> RolloutWorker:
-    """The backend, workflow and task of rollout worker ``rank`` (heavy imports happen only for the one chosen)."""
+                        device: str = "cpu", native_backend: str = "") -> RolloutWorker:
+    """The backend, workflow and task of rollout worker ``rank`` (heavy imports happen only for the one chosen);
+    ``native_backend``: the text engine receives weights through vLLM's native transfer."""
     from rollouts.tasks.factory import make_task
 
     task = make_task(cfg.task, model_path)
@@ -41,7 +42,7 @@ def make_rollout_worker(cfg: TrainConfig, model_path: str, rank: int, weights_ro
     sampling = SamplingConfig(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                               top_p=cfg.rollout.top_p)
     tail = cfg.rollout.length_tail_median
-    engine = make_engine(cfg.engine, model_path, seed_offset=rank)
+    engine = make_engine(cfg.engine, model_path, seed_offset=rank, native_backend=native_backend)
     workflow = SingleTurnWorkflow(task, tokenizer, sampling, cfg.rollout.samples_per_prompt,
                                   make_reward_pool(task, cfg.task),
                                   length_tail=(tail, cfg.rollout.length_tail_sigma) if tail else None,

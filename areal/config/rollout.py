@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Dict
 
 from areal.config._checks import check_resources, require
+from areal.weight_sync import TRANSPORTS
 
 
 @dataclass
@@ -56,8 +57,22 @@ class RolloutConfig:
     start_timeout_s: float = 900.0
     """Engine start-up (first start JIT-compiles kernels on CPU)."""
     staging_dir: str = ""
-    """Where each rollout actor stages the weight files it receives before its engine loads them (up to two
-    versions at once, deleted when the actor stops); "" = /dev/shm (RAM) when present, else the temp dir."""
+    """Where each rollout actor stages the weight files it receives before its engine loads them (files: up to
+    two versions at once; buckets from a learner on another node: two buckets), deleted when the actor stops,
+    and where learners write their exported buckets (one version); "" = /dev/shm (RAM) when present, else the
+    temp dir."""
+    weight_transport: str = "auto"
+    """How a new policy version reaches the engines (docs/weight_sync.md). "buckets": the learner writes the
+    weights as safetensors buckets into RAM (/dev/shm) on its node, once; an engine on that node streams them
+    into its in-place reload straight from there (no copy in between), one on another node through its staging
+    directory, one bucket at a time. "files": the whole model serialised into one Ray object, written out by
+    every rollout actor, then reloaded from that folder (the earlier path; the diffusion sampler's only one).
+    "native": vLLM's own weight transfer between GPUs (NCCL; CUDA IPC on a shared GPU; unverified, see the doc).
+    "auto": native where both sides are on GPUs and the installed vLLM has it, else buckets for text engines
+    and files for the diffusion sampler."""
+    weight_bucket_mb: int = 256
+    """Bucket size for weight_transport=buckets, in MiB: the most weight bytes a learner gathers (ZeRO-3) or
+    writes, or an engine on another node stages, at once. Tensors are never split: a larger one travels alone."""
 
     def __post_init__(self):
         require(self.workers >= 1, "rollout.workers", self.workers, "an int >= 1")
@@ -77,6 +92,10 @@ class RolloutConfig:
                 self.length_tail_median, f"0 (off) or at most rollout.max_new_tokens ({self.max_new_tokens})")
         require(self.length_tail_sigma > 0, "rollout.length_tail_sigma", self.length_tail_sigma, "a positive float")
         check_resources(self.resources, "rollout.resources")
+        require(self.weight_transport in TRANSPORTS, "rollout.weight_transport", self.weight_transport,
+                f"one of {', '.join(TRANSPORTS)}")
+        require(self.weight_bucket_mb >= 1, "rollout.weight_bucket_mb", self.weight_bucket_mb,
+                "an int >= 1 (MiB per weight bucket)")
         for key in ("generate_timeout_s", "weight_sync_timeout_s", "start_timeout_s"):
             require(getattr(self, key) > 0, f"rollout.{key}", getattr(self, key), "a positive number of seconds")
 

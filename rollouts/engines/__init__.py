@@ -8,10 +8,11 @@ from rollouts.engines.base import Engine
 ENGINE_TYPES = ("vllm",)
 
 
-def make_engine(cfg: EngineConfig, model_path: str, seed_offset: int = 0) -> Engine:
-    """The backend named by ``cfg.type``; its heavy imports (vLLM) happen only when it is chosen."""
+def make_engine(cfg: EngineConfig, model_path: str, seed_offset: int = 0, native_backend: str = "") -> Engine:
+    """The backend named by ``cfg.type``; its heavy imports (vLLM) happen only when it is chosen. ``native_backend``:
+    receive weights through vLLM's native transfer ("nccl" or "ipc"; see areal.weight_sync)."""
     if cfg.type == "vllm":
         from rollouts.engines.vllm_engine import VLLMEngine
 
-        return VLLMEngine(cfg, model_path, seed_offset)
+        return VLLMEngine(cfg, model_path, seed_offset, native_backend)
     raise ValueError(f"config error: engine.type = {cfg.type!r}; expected one of {', '.join(ENGINE_TYPES)}")

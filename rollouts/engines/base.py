@@ -21,6 +21,28 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class BucketFeed:
+    """One version's bucket files (``areal.weight_sync``), in load order, as an engine reads them.
+
+    ``consume``: staged copies, deleted once read (a learner on another node); otherwise the learner's own
+    files, read in place. A staged file appears complete (renamed into place) within ``wait_s`` or the load
+    fails; ``abort_path`` appears when whoever feeds the files gave up, so the engine stops waiting at once.
+    """
+
+    paths: tuple[str, ...]
+    names: tuple[tuple[str, ...], ...]  # the tensors of each file, in load order
+    version: int
+    consume: bool = False
+    abort_path: str = ""
+    wait_s: float = 0.0
+
+    def __post_init__(self):
+        if not self.paths or len(self.paths) != len(self.names):
+            raise ValueError(f"BucketFeed of version {self.version}: {len(self.paths)} paths for "
+                             f"{len(self.names)} name lists; expected as many, at least one")
+
+
+@dataclass(frozen=True)
 class Completion:
     """One sampled continuation with what the learner needs from the sampler."""
 
@@ -35,9 +57,9 @@ class PolicyBackend(abc.ABC):
     """An inference backend holding one version of the policy's weights; they change under in-flight work."""
 
     @abc.abstractmethod
-    async def update_weights(self, weights_dir: str, version: int) -> float:
-        """Pause in-flight work, load the weights in ``weights_dir`` in place, tag later actions with
-        ``version``, resume; returns the seconds the update took."""
+    async def update_weights(self, weights: str | BucketFeed, version: int) -> float:
+        """Pause in-flight work, load the weights (a model folder, or a feed of buckets for engines that
+        stream them) in place, tag later actions with ``version``, resume; returns the seconds it took."""
 
     @property
     @abc.abstractmethod

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from areal.config.engine import EngineConfig
-from rollouts.engines.base import Completion, Engine, SamplingConfig
+from rollouts.engines.base import BucketFeed, Completion, Engine, SamplingConfig
+from rollouts.engines.vllm_worker_ext import TiedHeadReloadExtension
 
 # vLLM labels outputs with this until the first ``update_weight_version``; our engine starts at 0.
 _VLLM_INITIAL_LABEL = "default"
@@ -72,34 +73,11 @@ def _to_completion(output) -> Completion:
     )
 
 
-class TiedHeadReloadExtension:
-    """Mixed into vLLM's worker (``worker_extension_cls``): in-place reload that also refreshes a tied LM head."""
-
-    def reload_weights_from(self, weights_path: str) -> None:
-        """Reload HF weights from ``weights_path``, then re-pack an output head tied to the embedding."""
-        self.reload_weights(weights_path=weights_path)
-        model = self.model_runner.get_model()
-        head = getattr(model, "lm_head", None)
-        weight = getattr(head, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.is_meta:
-            return
-        # The CPU build packs each GEMM weight into a private copy after loading. reload_weights
-        # re-packs the layers it loaded, but a head tied to the embedding has no tensor in the
-        # checkpoint, so its packed copy kept the old embedding (logits from stale weights).
-        # Re-running its post-load step re-packs from the shared, updated tensor (no-op on GPU).
-        tied = any(
-            m is not head and isinstance(getattr(m, "weight", None), torch.Tensor)
-            and m.weight.data_ptr() == weight.data_ptr()
-            for m in model.modules()
-        )
-        if tied:
-            head.quant_method.process_weights_after_loading(head)
-
-
 class VLLMEngine(Engine):
-    """An ``AsyncLLM`` over a local HF model; weights reload from safetensors folders in place."""
+    """An ``AsyncLLM`` over a local HF model; weights reload in place from safetensors folders or buckets."""
 
-    def __init__(self, cfg: EngineConfig, model_path: str, seed_offset: int = 0):
+    def __init__(self, cfg: EngineConfig, model_path: str, seed_offset: int = 0, native_backend: str = ""):
+        """``native_backend``: "nccl" or "ipc" to receive weights through vLLM's native transfer (GPU only)."""
         on_gpu = _prepare_environment()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -118,10 +96,12 @@ class VLLMEngine(Engine):
             logprobs_mode="processed_logprobs",
             disable_log_stats=True,
             use_tqdm_on_load=False,  # a progress bar per weight load, i.e. per policy version
-            worker_extension_cls=f"{__name__}.{TiedHeadReloadExtension.__qualname__}",
+            worker_extension_cls=f"{TiedHeadReloadExtension.__module__}.{TiedHeadReloadExtension.__qualname__}",
         )
         if on_gpu:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        if native_backend:
+            kwargs["weight_transfer_config"] = {"backend": native_backend}
         else:
             kwargs["distributed_executor_backend"] = "uni"  # the model in the engine-core process (see above)
             # After a weight update (clear_cache) every request in flight recomputes its KV cache. A recompute
@@ -139,6 +119,9 @@ class VLLMEngine(Engine):
         self._version = _INITIAL_VERSION
         self._model_path, self._tokenizer = str(model_path), None  # decodes completions (loaded on first use)
         self._update_lock = asyncio.Lock()  # binds to the running loop on first use
+        self.last_update: dict[str, float] = {}  # where the last update's time went (reload, tied-head re-pack)
+        self.native_backend = native_backend
+        self._native_started = 0.0  # when the native update in progress paused generation (0: none)
 
     def _live(self):
         """The AsyncLLM, or an error once the engine is closed."""
@@ -201,14 +184,24 @@ class VLLMEngine(Engine):
         end = token_ids.index(eos) if eos in token_ids else len(token_ids)
         return self._tokenizer.decode(list(token_ids[:end]), skip_special_tokens=True)
 
-    async def update_weights(self, weights_dir: str, version: int) -> float:
-        """Pause in-flight requests, reload HF safetensors from ``weights_dir`` in place, tag later
-        tokens with ``version``, resume; returns seconds taken. On a failed reload the engine stays
-        paused (its weights may be half-written) until a later update succeeds."""
-        path = Path(weights_dir)
-        # Check before pausing so an obviously wrong path costs in-flight requests nothing.
-        if not path.is_dir() or not any(path.glob("*.safetensors")):
-            raise FileNotFoundError(f"update_weights(version={version}): no *.safetensors files in {weights_dir}")
+    async def update_weights(self, weights: str | BucketFeed, version: int) -> float:
+        """Pause in-flight requests, reload in place from ``weights`` (an HF safetensors folder, or a feed of
+        buckets streamed into one reload), tag later tokens with ``version``, resume; returns seconds taken.
+        On a failed reload the engine stays paused (its weights may be half-written) until a later update
+        succeeds."""
+        if isinstance(weights, BucketFeed):
+            what = f"{len(weights.paths)} bucket(s) in {Path(weights.paths[0]).parent}"
+            # plain values: collective_rpc serialises its arguments
+            call = ("reload_weights_from_buckets", {"feed": {
+                "paths": list(weights.paths), "names": [list(n) for n in weights.names], "version": version,
+                "consume": weights.consume, "abort_path": weights.abort_path, "wait_s": weights.wait_s}})
+        else:
+            path = Path(weights)
+            what = str(weights)
+            # Check before pausing so an obviously wrong path costs in-flight requests nothing.
+            if not path.is_dir() or not any(path.glob("*.safetensors")):
+                raise FileNotFoundError(f"update_weights(version={version}): no *.safetensors files in {weights}")
+            call = ("reload_weights_from", {"weights_path": str(path)})
         llm = self._live()
         async with self._update_lock:  # interleaved pause/reload/resume would mislabel tokens
             start = time.perf_counter()
@@ -217,18 +210,65 @@ class VLLMEngine(Engine):
                 # idle, so no step with the old weights can run after the label changes.
                 # clear_cache drops KV computed by the old weights: requests recompute it (engine.kv_on_update).
                 await llm.pause_generation(mode="keep", clear_cache=self._clear_kv_on_update)
+                paused = time.perf_counter()
                 # Tensors sent through collective_rpc arrive as lists on the CPU build, so
                 # the worker reads the files itself.
-                await llm.collective_rpc("reload_weights_from", kwargs={"weights_path": str(path)})
+                timings = (await llm.collective_rpc(call[0], kwargs=call[1]))[0]  # one dict per worker
                 await llm.update_weight_version(str(version))
             except Exception as exc:
                 raise RuntimeError(
-                    f"update_weights: loading weights from {weights_dir} as version {version} failed; "
-                    f"generation stays paused until a later update_weights succeeds"
+                    f"update_weights: loading weights from {what} as version {version} failed "
+                    f"({type(exc).__name__}: {exc}); generation stays paused until a later update_weights succeeds"
                 ) from exc
             self._version = version
             await llm.resume_generation()
-            return time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            self.last_update = {"pause_seconds": paused - start, **timings, "seconds": seconds}
+            return seconds
+
+    # -- native weight transfer (UNVERIFIED: docs/weight_sync.md) -------------------------------------------------
+    # The learner's vLLM trainer engine drives these four steps; the pause/version protocol of update_weights is
+    # split across them, with the update lock held from native_start to native_finish (or native_abort).
+    async def native_init(self, init_info: dict) -> None:
+        """Join the learner's transfer (an NCCL group, or CUDA IPC's settings); once per learner and engine."""
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+
+        await self._live().init_weight_transfer_engine(WeightTransferInitRequest(init_info=init_info))
+
+    async def native_start(self) -> None:
+        """Pause generation as update_weights does and open vLLM's weight update."""
+        llm = self._live()
+        await self._update_lock.acquire()
+        try:
+            self._native_started = time.perf_counter()
+            await llm.pause_generation(mode="keep", clear_cache=self._clear_kv_on_update)
+            await llm.start_weight_update()
+        except BaseException:
+            await self.native_abort()
+            raise
+
+    async def native_update(self, update_info) -> None:
+        """Receive one chunk (for NCCL, while the learner broadcasts it)."""
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        await self._live().update_weights(WeightTransferUpdateRequest(update_info=update_info))
+
+    async def native_finish(self, version: int) -> None:
+        """Close vLLM's weight update, tag later tokens with ``version``, resume."""
+        llm = self._live()
+        await llm.finish_weight_update()
+        await llm.update_weight_version(str(version))
+        self._version = version
+        await llm.resume_generation()
+        self.last_update = {"seconds": time.perf_counter() - self._native_started}
+        self._native_started = 0.0
+        self._update_lock.release()
+
+    async def native_abort(self) -> None:
+        """After a failed native update: free the update lock; generation stays paused until an update succeeds."""
+        if self._native_started:
+            self._native_started = 0.0
+            self._update_lock.release()
 
     async def close(self) -> None:
         """Shut down the engine core and its worker processes."""

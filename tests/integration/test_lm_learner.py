@@ -92,3 +92,21 @@ def test_weights_payload_is_a_loadable_hf_model(learner, tmp_path):
     for key, value in model.state_dict().items():
         # the payload holds the learner's dtype (bf16 on cuda), which a float32 load widens exactly
         assert torch.equal(value, ref[key].to("cpu", value.dtype)), key
+
+
+def test_weights_manifest_buckets_hold_the_payloads_tensors_within_the_bound(learner, tmp_path):
+    """The buckets transport exports what the files transport ships, cut into bounded buckets in load order."""
+    from safetensors.torch import load, load_file
+
+    manifest = learner.weights_manifest(bound_bytes=1 << 20, root=str(tmp_path), node_id="node-a")
+    assert manifest.version == learner.version and manifest.node_id == "node-a" and len(manifest.buckets) > 1
+    shipped = load(learner.weights_payload()["model.safetensors"])
+    exported = {}
+    for bucket, path in zip(manifest.buckets, manifest.paths()):
+        tensors = load_file(path)
+        assert set(tensors) == set(bucket.names)
+        assert bucket.nbytes <= manifest.bound_bytes or len(bucket.names) == 1
+        exported.update(tensors)
+    assert [n for b in manifest.buckets for n in b.names] == learner.export_names()  # the state dict's order
+    assert exported.keys() == shipped.keys() and "lm_head.weight" not in exported  # tied to the embedding
+    assert all(torch.equal(exported[k], shipped[k]) for k in shipped)
