@@ -39,6 +39,8 @@ def run_fingerprint(cfg: TrainConfig, train_samples, model_path: str | Path) -> 
         "batch_size": cfg.batch_size,
         "rollout.samples_per_prompt": cfg.rollout.samples_per_prompt,
         "model": model_digest(model_path),
+        # a LoRA checkpoint's optimizer state covers the adapters only: it fits no other LoRA shape
+        "learner.lora": [cfg.learner.lora.rank, cfg.learner.lora.alpha, sorted(cfg.learner.lora.target_modules)],
     }
 
 

@@ -44,8 +44,13 @@ def init_ray(cfg: TrainConfig) -> bool:
 
 
 def resolve_model(cfg: TrainConfig) -> str:
-    """``model_path``, or the cached tiny demo model (bootstrapped on first use)."""
+    """``model_path``, the packaged SmolLM2 (``smollm2``) or the cached tiny demo model (both converted or
+    bootstrapped on first use)."""
     marker = "model_index.json" if cfg.is_diffusion else "config.json"
+    if cfg.model_path == "smollm2":
+        from launch.smollm2 import bootstrap_smollm2
+
+        return str(bootstrap_smollm2())
     if cfg.model_path:
         if not Path(cfg.model_path, marker).exists():
             kind = "diffusers pipeline" if cfg.is_diffusion else "Hugging Face model"

@@ -192,14 +192,21 @@ class DeepSpeedLearner(abc.ABC):
         ``root``, default /dev/shm), replacing the previous version; returns where they lie. Every rank must
         call it (ZeRO-3 gathers each bucket collectively, in the same order on every rank); ranks other than 0
         write nothing and return None."""
-        all_sizes = state_sizes(self.engine, self.cfg.zero_stage)
-        sizes = [(name, all_sizes[name]) for name in self.export_names()]
+        sizes = self.export_sizes()
         if self.rdv.rank != 0:
             if self.cfg.zero_stage == 3:
                 for names in plan_buckets(sizes, bound_bytes):
-                    partial_state_dict(self.engine, 3, names)
+                    self.export_tensors(names)
             return None
         if self._exporter is None:
             self._exporter = BucketExporter(bound_bytes, root, node_id)
-        return self._exporter.export(self.version, sizes,
-                                     lambda names: partial_state_dict(self.engine, self.cfg.zero_stage, names))
+        return self._exporter.export(self.version, sizes, self.export_tensors)
+
+    def export_sizes(self) -> list[tuple[str, int]]:
+        """(name, bytes) of every tensor a bucket export carries, in ``export_names`` order."""
+        all_sizes = state_sizes(self.engine, self.cfg.zero_stage)
+        return [(name, all_sizes[name]) for name in self.export_names()]
+
+    def export_tensors(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The exported tensors ``names`` on CPU (collective under ZeRO-3: every rank asks for the same names)."""
+        return partial_state_dict(self.engine, self.cfg.zero_stage, names)

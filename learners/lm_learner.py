@@ -20,7 +20,8 @@ from areal.packing import MicroBatch, make_micro_batches, pad_to_count
 from areal.prefix_sharing import shared_prefix_micro_batches
 from areal.types import TrainBatch
 from learners.deepspeed_learner import DeepSpeedLearner
-from learners.deepspeed_setup import Rendezvous, use_cuda
+from learners.deepspeed_setup import Rendezvous, state_sizes, use_cuda
+from learners.lora import ADAPTER_DIR, LoraWeights, adapter_base
 
 log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
@@ -90,7 +91,14 @@ class LMLearner(DeepSpeedLearner):
         self.algo, self.temperature = algo, temperature
         self.model_path = Path(model_path)
         dtype = torch.bfloat16 if use_cuda() and not cfg.gathers_gradients else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        # a saved LoRA model (a LoRA checkpoint's model/) resumes from its base plus its adapter, not its merge
+        base = adapter_base(model_path) if cfg.lora.rank else None
+        model = AutoModelForCausalLM.from_pretrained(base or model_path, dtype=dtype)
+        self.lora: LoraWeights | None = None
+        if cfg.lora.rank:
+            self.lora = LoraWeights(model, cfg.lora, base or model_path, seed)
+            if base is not None:
+                self.lora.load_adapter(model, self.model_path / ADAPTER_DIR)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         super().__init__(model, cfg, rdv, seed, total_updates)
@@ -218,17 +226,33 @@ class LMLearner(DeepSpeedLearner):
 
     # -- weights ----------------------------------------------------------
     def save_model(self, path: Path, state: dict[str, torch.Tensor]) -> None:
-        """A Hugging Face model directory (safetensors) with the tokenizer files of the starting model."""
-        self.engine.module.save_pretrained(path, state_dict=state, safe_serialization=True)
+        """A Hugging Face model directory (safetensors) with the tokenizer files of the starting model. With LoRA
+        the weights are merged, and the adapter is saved beside them in ``adapter/`` (PEFT's layout)."""
+        merged = self.lora.merge(state) if self.lora else state
+        self.engine.module.save_pretrained(path, state_dict=merged, safe_serialization=True)
+        if self.lora:
+            self.lora.save_adapter(path / ADAPTER_DIR, state)
         for name in TOKENIZER_FILES:
             if (self.model_path / name).exists():
                 shutil.copy2(self.model_path / name, path / name)
 
     def export_names(self) -> list[str]:
-        """State-dict names a weight export carries, in order; fixed for the run, so worked out at the first export."""
+        """State-dict names a weight export carries, in order (the base model's names: with LoRA, the merged
+        weights); fixed for the run, so worked out at the first export."""
         if self._payload_names is None:
-            self._payload_names = untied_names(self.engine.module)
+            names = untied_names(self.engine.module)
+            self._payload_names = self.lora.export_names(names) if self.lora else names
         return self._payload_names
+
+    def export_sizes(self) -> list[tuple[str, int]]:
+        if not self.lora:
+            return super().export_sizes()
+        return self.lora.sizes(state_sizes(self.engine, self.cfg.zero_stage), self.export_names())
+
+    def export_tensors(self, names: list[str]) -> dict[str, torch.Tensor]:
+        if not self.lora:
+            return super().export_tensors(names)
+        return self.lora.merge(super().export_tensors(self.lora.sources(names)), names)
 
     def payload_files(self, state: dict[str, torch.Tensor]) -> dict[str, bytes]:
         """The files transport's payload (``safetensors_payload``), with the starting model's config files."""
@@ -236,6 +260,8 @@ class LMLearner(DeepSpeedLearner):
             self._config_files = {name: (self.model_path / name).read_bytes()
                                   for name in ("config.json", "generation_config.json")
                                   if (self.model_path / name).exists()}
+        if self.lora:
+            state = self.lora.merge(state, self.export_names())
         return safetensors_payload(state, self.export_names(), self._config_files)
 
 

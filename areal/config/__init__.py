@@ -10,7 +10,7 @@ from areal.config.controller import ControllerConfig
 from areal.config.diffusion import DiffusionConfig
 from areal.config.engine import EngineConfig
 from areal.config.experiment import CheckpointConfig, ClusterConfig, TrainConfig
-from areal.config.learner import ByzantineConfig, LearnerConfig
+from areal.config.learner import ByzantineConfig, LearnerConfig, LoraConfig
 from areal.config.logging import LoggingConfig
 from areal.config.rollout import RolloutConfig
 from areal.config.task import TaskConfig
@@ -25,6 +25,7 @@ __all__ = [
     "EngineConfig",
     "LearnerConfig",
     "LoggingConfig",
+    "LoraConfig",
     "RolloutConfig",
     "TaskConfig",
     "TrainConfig",

@@ -27,6 +27,38 @@ class ByzantineConfig:
         require(len(set(self.ranks)) == len(self.ranks), "learner.byzantine.ranks", self.ranks, "distinct ranks")
 
 
+LM_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters for the LM learner (``learner.lora.*``): only they train; engines get merged weights."""
+
+    rank: int = 0
+    """Adapter rank r; 0 = full fine-tuning."""
+    alpha: float = 0.0
+    """Scale numerator: the update is (alpha / rank) * B A; 0 = rank (scale 1)."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input while training. Above 0 the learner's log-probs (proximal and current)
+    become random, so the PPO ratio carries dropout noise; 0 keeps them deterministic."""
+    target_modules: List[str] = field(default_factory=lambda: list(LM_LORA_TARGETS))
+    """Names (last path component) of the Linear layers to adapt; the default fits Qwen2/Llama-style models."""
+
+    def __post_init__(self):
+        require(self.rank >= 0, "learner.lora.rank", self.rank, "an int >= 0 (0 = full fine-tuning)")
+        require(self.alpha >= 0, "learner.lora.alpha", self.alpha, "a float >= 0 (0 = learner.lora.rank)")
+        require(0 <= self.dropout < 1, "learner.lora.dropout", self.dropout, "a float in [0, 1)")
+        require(len(self.target_modules) > 0, "learner.lora.target_modules", list(self.target_modules),
+                "at least one module name, e.g. [q_proj, v_proj]")
+        require(all(isinstance(m, str) and m for m in self.target_modules), "learner.lora.target_modules",
+                list(self.target_modules), "non-empty module names, e.g. q_proj")
+
+    @property
+    def scale(self) -> float:
+        """alpha / rank, the factor of B A in the adapted weight."""
+        return (self.alpha or self.rank) / self.rank if self.rank else 0.0
+
+
 @dataclass
 class LearnerConfig:
     """The LM learner: a DeepSpeed engine per data-parallel rank."""
@@ -94,6 +126,7 @@ class LearnerConfig:
     aggregation_bucket_mb: float = 64.0
     """Robust rules exchange gradients in buckets of this size (each rank holds workers x bucket)."""
     byzantine: ByzantineConfig = field(default_factory=ByzantineConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     step_timeout_s: float = 900.0
     """A train step that takes longer fails with an error naming the learner."""
     max_restarts: int = 2

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import List
 
 from areal.config._checks import require
 
 TASK_TYPES = ("arithmetic", "gsm8k", "image_prompts")
+ANSWER_FORMATS = ("exact", "last_number")
 IMAGE_REWARDS = ("jpeg_compressibility", "jpeg_incompressibility", "aesthetic")
 
 
@@ -27,6 +29,19 @@ class TaskConfig:
     """image_prompts with reward=aesthetic: local directory of a CLIP model plus aesthetic_head.safetensors."""
     eval_path: str = ""
     """gsm8k: held-out JSONL; empty = hold out the last eval_size rows of path."""
+    operators: List[str] = field(default_factory=lambda: ["+"])
+    """arithmetic: the operators problems are drawn from (+, -, *)."""
+    min_operand: int = 10
+    """arithmetic: smallest operand."""
+    max_operand: int = 99
+    """arithmetic: largest operand."""
+    prompt_template: str = "{a}{op}{b}="
+    """arithmetic: the prompt text, with fields {a}, {op}, {b} (e.g. "What is {a} {op} {b}? Answer with the number
+    only." for an instruct model)."""
+    answer_format: str = "exact"
+    """arithmetic: how the reply is scored. exact: the reply, up to its end (newline or EOS), is the number and
+    nothing else. last_number: the last integer in the reply is the answer ("The answer is 12." scores; a reply
+    that runs out of tokens before the answer does not), for chat models that answer in sentences."""
     chat_template: str = "auto"
     """Text tasks: "auto" renders each prompt as a user turn in the tokenizer's chat template when it has one
     (instruct models), "none" feeds the raw text (rollouts/prompt_format.py)."""
@@ -54,6 +69,8 @@ class TaskConfig:
                 self.reward, f"one of {', '.join(IMAGE_REWARDS)} or 'package.module:name'")
         require(self.reward != "aesthetic" or bool(self.reward_model_path), "task.reward_model_path",
                 self.reward_model_path, "a local directory with the CLIP model and aesthetic_head.safetensors")
+        if self.type == "arithmetic":
+            check_arithmetic(self)
         require(self.chat_template in ("auto", "none"), "task.chat_template", self.chat_template,
                 "'auto' (the tokenizer's chat template when it has one) or 'none' (raw text)")
         require(self.eval_size >= 1, "task.eval_size", self.eval_size, "an int >= 1")
@@ -62,3 +79,19 @@ class TaskConfig:
         require(self.reward_workers >= 1, "task.reward_workers", self.reward_workers, "an int >= 1")
         require(self.reward_memory_mb >= 256, "task.reward_memory_mb", self.reward_memory_mb,
                 "an int >= 256 (MB of address space per reward process)")
+
+
+def check_arithmetic(cfg: TaskConfig) -> None:
+    """The arithmetic problem space and prompt template are well formed."""
+    require(bool(cfg.operators) and set(cfg.operators) <= {"+", "-", "*"}, "task.operators", list(cfg.operators),
+            "a non-empty list of +, - and *")
+    require(0 <= cfg.min_operand <= cfg.max_operand, "task.min_operand/max_operand",
+            (cfg.min_operand, cfg.max_operand), "0 <= min_operand <= max_operand")
+    require(cfg.answer_format in ANSWER_FORMATS, "task.answer_format", cfg.answer_format,
+            f"one of {', '.join(ANSWER_FORMATS)}")
+    try:
+        cfg.prompt_template.format(a=1, op="+", b=2)
+    except (KeyError, IndexError, ValueError) as exc:
+        require(False, "task.prompt_template", cfg.prompt_template,
+                f"a format string with fields {{a}}, {{op}}, {{b}} only ({type(exc).__name__}: {exc}); write "
+                "literal braces as {{ and }}")

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from areal.models.lora import inject_lora
+
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
 ADAPTER_FILE = "adapter.safetensors"
@@ -96,16 +98,10 @@ class DiffusionPolicy:
             self.null = torch.tensor([int(spec["null_class"])], device=self.device)
 
     def _inject_lora(self, rank: int, alpha: float) -> None:
-        from peft import LoraConfig, inject_adapter_in_model
         from safetensors.torch import load_file
 
-        config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=LORA_TARGETS, init_lora_weights="gaussian")
-        inject_adapter_in_model(config, self.unet)
-        for name, param in self.unet.named_parameters():
-            param.requires_grad_("lora_" in name)
-        if not any(p.requires_grad for p in self.unet.parameters()):
-            raise ValueError(f"diffusion.lora_rank = {rank}: the denoiser has no {LORA_TARGETS} layers to adapt; "
-                             "use full fine-tuning (lora_rank=0)")
+        inject_lora(self.unet, rank=rank, alpha=alpha, targets=LORA_TARGETS, init="gaussian",
+                    key="diffusion.lora_rank")
         trained = self.path / "lora" / ADAPTER_FILE
         if trained.exists():
             self.load_trainable(load_file(trained, device=str(self.device)))

@@ -11,21 +11,31 @@ pool (``eval`` is its first ``eval_size`` problems), the rest is ``train``.
 The splits are disjoint by construction and identical for the same seed and
 problem space, whatever ``eval_size`` is.
 
+The prompt is ``prompt_template`` filled with the operands and operator; the default is the bare
+``a<op>b=`` the character model learns, an instruct model gets a question with the answer format
+(``task.prompt_template``).
+
 Scoring rule: the completion is cut at the first end marker (the ``<eos>``
 token text or a newline; an engine that stops at EOS usually drops it
 already), surrounding whitespace is stripped, and the rest must equal the
 reference exactly: a canonical integer, ``-`` for negatives, no leading zeros,
-no spaces or other text. Anything else scores 0.
+no spaces or other text. Anything else scores 0. With ``answer_format="last_number"`` (chat models
+that answer in a sentence) the last integer of the completion, before any ``<eos>``, must equal the
+reference: "The answer is 12." scores 1, "12 is wrong, it is 13" scores 0 for 12, a decimal like "12.5"
+is no integer answer.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from typing import Sequence
 
 from rollouts.tasks.base import Task, TaskSample
 
 END_MARKERS = ("<eos>", "\n")
+ANSWER_FORMATS = ("exact", "last_number")
+INTEGER = re.compile(r"(?<![\d.])-?\d+(?![\d.]*\d)")
 MAX_DRAWN = 100_000  # problems drawn per seed: all of a 2-digit space, a sample of larger ones
 OPERATORS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
@@ -49,6 +59,8 @@ class ArithmeticTask(Task):
         max_operand: int = 99,
         operators: Sequence[str] = ("+",),
         holdout_fraction: float = 0.1,
+        prompt_template: str = "{a}{op}{b}=",
+        answer_format: str = "exact",
     ):
         unknown = [op for op in operators if op not in OPERATORS]
         if not operators or unknown:
@@ -62,7 +74,10 @@ class ArithmeticTask(Task):
             )
         if not 0 < holdout_fraction < 1:
             raise ValueError(f"ArithmeticTask: holdout_fraction must be in (0, 1), got {holdout_fraction}")
-        self.operators = tuple(operators)
+        if answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"ArithmeticTask: answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
+        self.operators, self.prompt_template = tuple(operators), prompt_template
+        self.answer_format = answer_format
         self.min_operand, self.max_operand = min_operand, max_operand
         width = max_operand - min_operand + 1
         space = len(self.operators) * width * width
@@ -88,7 +103,7 @@ class ArithmeticTask(Task):
         a, b = divmod(rest, width)
         a, b = a + self.min_operand, b + self.min_operand
         op = self.operators[op_index]
-        return TaskSample(id=f"{a}{op}{b}", prompt=f"{a}{op}{b}=", reference=str(OPERATORS[op](a, b)))
+        return TaskSample(id=f"{a}{op}{b}", prompt=self.prompt_template.format(a=a, op=op, b=b), reference=str(OPERATORS[op](a, b)))
 
     @property
     def max_answer_chars(self) -> int:
@@ -98,5 +113,9 @@ class ArithmeticTask(Task):
         return max(len(str(v)) for v in corners)
 
     def score(self, completion: str, sample: TaskSample) -> float:
-        """1.0 if the completion, cut at its end marker, is exactly the reference; else 0.0."""
+        """1.0 if the answer is exactly the reference (``answer_format``: the whole completion cut at its end
+        marker, or its last integer); else 0.0."""
+        if self.answer_format == "last_number":
+            numbers = INTEGER.findall(completion.split(END_MARKERS[0], 1)[0])
+            return 1.0 if numbers and numbers[-1] == sample.reference else 0.0
         return 1.0 if cut_at_end_marker(completion) == sample.reference else 0.0

@@ -12,7 +12,9 @@ def make_task(cfg: TaskConfig, model_path: str = "") -> Task:
     if cfg.type == "arithmetic":
         from rollouts.tasks.arithmetic import ArithmeticTask
 
-        return ArithmeticTask(seed=cfg.seed, eval_size=cfg.eval_size)
+        return ArithmeticTask(seed=cfg.seed, eval_size=cfg.eval_size, min_operand=cfg.min_operand,
+                              max_operand=cfg.max_operand, operators=tuple(cfg.operators),
+                              prompt_template=cfg.prompt_template, answer_format=cfg.answer_format)
     if cfg.type == "gsm8k":
         from rollouts.tasks.gsm8k import GSM8KTask
 

@@ -31,11 +31,27 @@ def test_the_demo_preset_composes_into_typed_dataclasses():
         ("learner.lr_decay=linear", "learner.lr_decay"),
         ("rollout.sync_every=0", "rollout.sync_every"),
         ("engine.kv_on_update=drop", "engine.kv_on_update"),
+        ("task.prompt_template='{a} plus {c}'", "task.prompt_template"),
+        ("task.operators=[/]", "task.operators"),
+        ("task.min_operand=100", "task.min_operand"),
+        ("learner.lora.rank=-1", "learner.lora.rank"),
+        ("learner.lora.alpha=-2", "learner.lora.alpha"),
+        ("learner.lora.dropout=1.0", "learner.lora.dropout"),
+        ("learner.lora.target_modules=[]", "learner.lora.target_modules"),
+        ("learner.lora.rnak=8", "rnak"),
     ],
 )
 def test_bad_values_fail_at_load_naming_the_field(override, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load_config([override])
+
+
+def test_lora_is_off_by_default_and_set_per_key():
+    cfg, _ = load_config([])
+    assert cfg.learner.lora.rank == 0 and "q_proj" in cfg.learner.lora.target_modules
+    cfg, _ = load_config(["learner.lora.rank=8", "learner.lora.target_modules=[q_proj,v_proj]"])
+    assert cfg.learner.lora.rank == 8 and cfg.learner.lora.scale == 1.0  # alpha 0 = rank
+    assert cfg.learner.lora.target_modules == ["q_proj", "v_proj"]
 
 
 def test_a_robust_aggregator_refuses_groups_too_small_for_f_and_zero_stages_it_cannot_see():

@@ -75,11 +75,23 @@ def test_arithmetic_max_answer_chars():
 @pytest.mark.parametrize(
     "kwargs",
     [{"operators": ("/",)}, {"operators": ()}, {"min_operand": 5, "max_operand": 4}, {"eval_size": 0},
-     {"eval_size": 811}, {"train_size": 7291}, {"holdout_fraction": 1.0}, {"min_operand": -1}],
+     {"eval_size": 811}, {"train_size": 7291}, {"holdout_fraction": 1.0}, {"min_operand": -1},
+     {"answer_format": "boxed"}],
 )
 def test_arithmetic_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError, match="ArithmeticTask"):
         ArithmeticTask(**kwargs)
+
+
+def test_arithmetic_prompt_template_words_the_question_and_keeps_the_problems():
+    plain = ArithmeticTask(min_operand=1, max_operand=9, eval_size=5)
+    worded = ArithmeticTask(min_operand=1, max_operand=9, eval_size=5,
+                            prompt_template="What is {a} {op} {b}? Answer with the number only.")
+    assert [s.id for s in worded.eval] == [s.id for s in plain.eval]
+    first = worded.eval[0]
+    a, b = first.id.split("+")
+    assert first.prompt == f"What is {a} + {b}? Answer with the number only."
+    assert first.reference == plain.eval[0].reference == str(int(a) + int(b))
 
 
 @pytest.mark.parametrize(
@@ -91,6 +103,17 @@ def test_arithmetic_rejects_bad_settings(kwargs):
 def test_arithmetic_score_is_exact_match_up_to_end_marker(completion, reward):
     sample = TaskSample(id="37+85", prompt="37+85=", reference="122")
     assert ArithmeticTask(eval_size=10).score(completion, sample) == reward
+
+
+@pytest.mark.parametrize(
+    "completion, reward",
+    [("The answer is 12.", 1.0), ("7 + 5 = 12", 1.0), ("12", 1.0), ("So:\n7 + 5 = 12\n", 1.0),
+     ("12<eos>then 13", 1.0), ("12 is wrong, it is 13", 0.0), ("The answer is 12.5", 0.0), ("120", 0.0),
+     ("To add 7 and 5, first", 0.0), ("", 0.0), ("twelve", 0.0)],
+)
+def test_arithmetic_last_number_format_scores_the_final_integer_of_a_sentence(completion, reward):
+    task = ArithmeticTask(min_operand=1, max_operand=9, eval_size=5, answer_format="last_number")
+    assert task.score(completion, TaskSample(id="7+5", prompt="What is 7 + 5?", reference="12")) == reward
 
 
 def test_arithmetic_score_negative_reference():
