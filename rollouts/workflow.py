@@ -15,6 +15,8 @@ from rollouts.reward_pool import RewardPool
 from rollouts.rewards import RewardOutcome, failure_info
 from rollouts.tasks.base import Task, TaskSample
 
+ENCODED_PROMPTS_KEPT = 100_000  # token ids remembered per prompt text (a few MB for short prompts)
+
 
 class SingleTurnWorkflow:
     """prompt -> n samples -> rewards, as one TrajectoryGroup.
@@ -30,6 +32,7 @@ class SingleTurnWorkflow:
         self.task, self.tokenizer, self.sampling, self.n = task, tokenizer, sampling, n
         self.rewards, self.prompt_format = rewards, prompt_format
         self.length_tail = length_tail  # (median, sigma) of a lognormal forced length, or None
+        self._encoded: dict[str, list[int]] = {}
 
     def sampling_for_group(self, seed: int | None) -> SamplingConfig:
         """The sampling settings of one group, drawn from ``seed`` alone (no hidden RNG state, so a
@@ -48,8 +51,14 @@ class SingleTurnWorkflow:
 
     def encode(self, sample: TaskSample) -> list[int]:
         """Prompt token ids: the raw text or a chat turn (``task.chat_template``), special tokens as the model
-        expects them."""
-        return self.prompt_format.encode(self.tokenizer, sample.prompt)
+        expects them. Remembered per prompt text: prompts come back (epochs, every evaluation), and tokenizing
+        them again was a sixth of the rollout actor's event-loop time on the CPU demo."""
+        ids = self._encoded.get(sample.prompt)
+        if ids is None:
+            ids = self.prompt_format.encode(self.tokenizer, sample.prompt)
+            if len(self._encoded) < ENCODED_PROMPTS_KEPT:
+                self._encoded[sample.prompt] = ids
+        return list(ids)
 
     async def run(self, engine: Engine, sample: TaskSample, submit_version: int,
                   seed: int | None = None) -> TrajectoryGroup:

@@ -159,6 +159,9 @@ class VLLMEngine(Engine):
             detokenize=bool(sampling.stop),
             # One message per request: weight-version spans only come with the final output.
             output_kind=RequestOutputKind.FINAL_ONLY,
+            # built for this call and never reused: vLLM's defensive deep copy of it was a sixth of the
+            # rollout actor's CPU on the demo (a shallow copy is what it keeps per request anyway)
+            skip_clone=True,
         )
         final = None
         # An already-rendered token input: no tokenizer pass (raw prompts are deprecated in 0.32).
