@@ -105,3 +105,9 @@ def test_node_pools_are_custom_resources_checked_and_named():
                             ("+learner.resources.GPU=1", "learner.resources")):
         with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
             load_config([override])
+
+
+def test_the_smollm2_preset_trains_lora_adapters_and_scores_the_reply_s_last_number():
+    cfg, _ = load_config(["experiment=smollm2_arith"])
+    assert cfg.model_path == "smollm2" and cfg.learner.lora.rank == 16
+    assert cfg.task.answer_format == "last_number" and "{a}" in cfg.task.prompt_template
