@@ -195,9 +195,7 @@ class VLLMEngine(Engine):
         if isinstance(weights, BucketFeed):
             what = f"{len(weights.paths)} bucket(s) in {Path(weights.paths[0]).parent}"
             # plain values: collective_rpc serialises its arguments
-            call = ("reload_weights_from_buckets", {"feed": {
-                "paths": list(weights.paths), "names": [list(n) for n in weights.names], "version": version,
-                "consume": weights.consume, "abort_path": weights.abort_path, "wait_s": weights.wait_s}})
+            call = ("reload_weights_from_buckets", {"feed": {**dataclasses.asdict(weights), "version": version}})
         else:
             path = Path(weights)
             what = str(weights)
