@@ -15,6 +15,8 @@ def run_transport(cfg: TrainConfig, learner_on_gpu: bool, engine_on_gpu: bool) -
     config and the GPUs they see (an engine built without native transfer still loads a native offer's buckets).
     vLLM is asked about its native weight transfer only when both sides are on GPUs (importing it costs seconds
     and memory a CPU process need not pay)."""
+    if cfg.lora_sync(engine_on_gpu) == "adapter":
+        return TransportChoice("buckets", "", "learner.lora.sync=adapter: a few MB of adapters travel as buckets")
     backends, missing = frozenset(), "not looked for: a side runs on CPU"
     if learner_on_gpu and engine_on_gpu and not cfg.is_diffusion:
         from rollouts.engines.vllm_native import detect_native_backends

@@ -49,6 +49,9 @@ class WeightManifest:
     node_id: str
     bound_bytes: int
     buckets: tuple[Bucket, ...]
+    # JSON of PEFT's adapter_config when the buckets hold LoRA adapters alone (learner.lora.sync=adapter): the
+    # engine serves them as a LoRA request on its unchanged base model instead of reloading weights in place
+    adapter_config: str = ""
 
     def __post_init__(self):
         if not self.buckets:

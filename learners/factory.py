@@ -15,4 +15,6 @@ def make_learner(cfg: TrainConfig, model_path: str, rdv: Rendezvous) -> DeepSpee
         return DDPOLearner(model_path, cfg.learner, cfg.algo, cfg.diffusion, rdv, cfg.seed, total_updates)
     from learners.lm_learner import LMLearner
 
-    return LMLearner(model_path, cfg.learner, cfg.algo, cfg.rollout.temperature, rdv, cfg.seed, total_updates)
+    adapter_sync = cfg.lora_sync(engine_on_gpu=cfg.rollout.num_gpus > 0) == "adapter"
+    return LMLearner(model_path, cfg.learner, cfg.algo, cfg.rollout.temperature, rdv, cfg.seed, total_updates,
+                     adapter_sync)

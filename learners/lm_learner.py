@@ -7,6 +7,8 @@ controller by the estimator the config names), and the loss is
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import shutil
 import time
@@ -84,7 +86,9 @@ class LMLearner(DeepSpeedLearner):
         rdv: Rendezvous = Rendezvous(),
         seed: int = 0,
         total_updates: int = 1,
+        adapter_sync: bool = False,
     ):
+        """``adapter_sync``: with LoRA, exports carry the adapters alone (learner.lora.sync=adapter)."""
         from transformers import AutoModelForCausalLM
 
         torch.manual_seed(seed + rdv.rank)
@@ -102,6 +106,7 @@ class LMLearner(DeepSpeedLearner):
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         super().__init__(model, cfg, rdv, seed, total_updates)
+        self.adapter_sync = bool(self.lora) and adapter_sync
         self._payload_names: list[str] | None = None  # state-dict names a weight export carries, in order
         self._config_files: dict[str, bytes] = {}  # and the config files beside them
         self.reference_path = not cfg.packing and cfg.logprob_chunk_tokens == 0
@@ -238,21 +243,39 @@ class LMLearner(DeepSpeedLearner):
 
     def export_names(self) -> list[str]:
         """State-dict names a weight export carries, in order (the base model's names: with LoRA, the merged
-        weights); fixed for the run, so worked out at the first export."""
+        weights; with adapter sync, PEFT's saved adapter names); fixed for the run, so worked out at the first
+        export."""
         if self._payload_names is None:
-            names = untied_names(self.engine.module)
-            self._payload_names = self.lora.export_names(names) if self.lora else names
+            if self.adapter_sync:
+                self._payload_names = [n for n, _ in self.export_sizes()]
+            else:
+                names = untied_names(self.engine.module)
+                self._payload_names = self.lora.export_names(names) if self.lora else names
         return self._payload_names
 
     def export_sizes(self) -> list[tuple[str, int]]:
         if not self.lora:
             return super().export_sizes()
-        return self.lora.sizes(state_sizes(self.engine, self.cfg.zero_stage), self.export_names())
+        sizes = state_sizes(self.engine, self.cfg.zero_stage)
+        if self.adapter_sync:
+            return self.lora.adapter_sizes(sizes)
+        return self.lora.sizes(sizes, self.export_names())
 
     def export_tensors(self, names: list[str]) -> dict[str, torch.Tensor]:
         if not self.lora:
             return super().export_tensors(names)
+        if self.adapter_sync:
+            live = super().export_tensors([self.lora.live_name(n) for n in names])
+            return {self.lora.adapter_key(n): t for n, t in live.items()}
         return self.lora.merge(super().export_tensors(self.lora.sources(names)), names)
+
+    def weights_manifest(self, bound_bytes: int, root: str = "", node_id: str = ""):
+        """As the base class; with adapter sync the manifest also carries the adapters' PEFT config, so an
+        engine can serve them as a LoRA request on the base model it started from."""
+        manifest = super().weights_manifest(bound_bytes, root, node_id)
+        if manifest is None or not self.adapter_sync:
+            return manifest
+        return dataclasses.replace(manifest, adapter_config=json.dumps(self.lora.adapter_config(), sort_keys=True))
 
     def payload_files(self, state: dict[str, torch.Tensor]) -> dict[str, bytes]:
         """The files transport's payload (``safetensors_payload``), with the starting model's config files."""

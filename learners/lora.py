@@ -1,9 +1,10 @@
 """LoRA for the LM learner: adapters in the causal LM, merged weights out, the adapter saved PEFT's way.
 
-The learner trains ``lora_A``/``lora_B`` beside each frozen ``base_layer``. Everything that leaves
-the learner for inference (bucket and file exports, the saved model) is the *merged* model under the
-base model's own names, ``W' = W + (alpha / rank) B A``, so vLLM reloads it in place exactly as it
-does for full fine-tuning and the engine runs the weights of the version it tags. The adapter itself
+The learner trains ``lora_A``/``lora_B`` beside each frozen ``base_layer``. What leaves the learner for
+inference (bucket and file exports, the saved model) is by default the *merged* model under the base
+model's own names, ``W' = W + (alpha / rank) B A``, so vLLM reloads it in place exactly as it does for
+full fine-tuning and the engine runs the weights of the version it tags. With ``learner.lora.sync=adapter``
+an export carries the adapters alone, under PEFT's saved names, for vLLM's LoRA requests. The adapter itself
 is saved beside the merged model (``adapter/``, PEFT's file layout); resuming builds the base from
 ``base_model_name_or_path`` and loads the adapter from there, since re-deriving W from W' is not exact.
 """
@@ -16,26 +17,11 @@ from pathlib import Path
 import torch
 
 from areal.config import LoraConfig
-from areal.models.lora import inject_lora
+from areal.models.lora import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, adapter_base, inject_lora
 
-ADAPTER_DIR = "adapter"  # a subfolder: transformers would treat adapter_config.json at the top as "load the base"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."  # PEFT's saved keys are the PeftModel's, which wraps the LM twice
 ADAPTER = "default"  # peft's adapter name inside the live module
 BASE = ".base_layer"
-
-
-def adapter_base(model_path: str | Path) -> Path | None:
-    """The base model a saved LoRA model (``<model_path>/adapter``) was trained from; None without an adapter."""
-    config = Path(model_path) / ADAPTER_DIR / ADAPTER_CONFIG
-    if not config.is_file():
-        return None
-    base = Path(json.loads(config.read_text())["base_model_name_or_path"])
-    if not (base / "config.json").is_file():
-        raise FileNotFoundError(f"{config}: the base model {str(base)!r} the adapter was trained on is gone; "
-                                "resuming a LoRA checkpoint needs it (the merged model beside it is not exact)")
-    return base
 
 
 class LoraWeights:
@@ -98,20 +84,42 @@ class LoraWeights:
             out[name] = (base.float() + delta).to(base.dtype)
         return out
 
+    # -- the adapter alone (learner.lora.sync=adapter) ------------------------------------------------
+    @staticmethod
+    def adapter_key(name: str) -> str:
+        """PEFT's saved name of a live adapter tensor: ``x.lora_A.default.weight`` -> ``base_model.model.x.lora_A.weight``."""
+        return PEFT_PREFIX + name.replace(f".{ADAPTER}.", ".")
+
+    @staticmethod
+    def live_name(key: str) -> str:
+        """The live adapter tensor a saved PEFT name comes from (``adapter_key`` inverted)."""
+        layer, _, rest = key.removeprefix(PEFT_PREFIX).rpartition(".lora_")
+        kind, _, leaf = rest.partition(".")
+        return f"{layer}.lora_{kind}.{ADAPTER}.{leaf}"
+
+    def adapter_sizes(self, sizes: dict[str, int]) -> list[tuple[str, int]]:
+        """(saved name, bytes) of every adapter tensor, in state-dict order: what an adapter export carries."""
+        return [(self.adapter_key(n), nbytes) for n, nbytes in sizes.items() if ".lora_" in n]
+
+    def adapter_config(self) -> dict:
+        """PEFT's ``adapter_config.json`` of these adapters, as plain JSON values."""
+        from peft import LoraConfig as PeftLoraConfig
+
+        config = PeftLoraConfig(r=self.cfg.rank, lora_alpha=self.cfg.alpha or self.cfg.rank,
+                                lora_dropout=self.cfg.dropout, target_modules=list(self.cfg.target_modules),
+                                task_type="CAUSAL_LM", base_model_name_or_path=str(self.base_path)).to_dict()
+        return json.loads(json.dumps(config, default=lambda v: sorted(v) if isinstance(v, (set, frozenset)) else str(v)))
+
     # -- the adapter on disk ----------------------------------------------------------------------
     def save_adapter(self, path: Path, state: dict[str, torch.Tensor]) -> None:
         """PEFT's adapter layout at ``path`` (``adapter_model.safetensors`` + ``adapter_config.json``), loadable by
         ``peft.PeftModel.from_pretrained(base, path)`` and vLLM's LoRA requests."""
-        from peft import LoraConfig as PeftLoraConfig
         from safetensors.torch import save_file
 
         path.mkdir(parents=True, exist_ok=True)
-        tensors = {PEFT_PREFIX + n.replace(f".{ADAPTER}.", "."): t.detach().to("cpu").contiguous()
-                   for n, t in state.items() if ".lora_" in n}
+        tensors = {self.adapter_key(n): t.detach().to("cpu").contiguous() for n, t in state.items() if ".lora_" in n}
         save_file(tensors, str(path / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        PeftLoraConfig(r=self.cfg.rank, lora_alpha=self.cfg.alpha or self.cfg.rank, lora_dropout=self.cfg.dropout,
-                       target_modules=list(self.cfg.target_modules), task_type="CAUSAL_LM",
-                       base_model_name_or_path=str(self.base_path)).save_pretrained(str(path))
+        (path / ADAPTER_CONFIG).write_text(json.dumps(self.adapter_config(), indent=2, sort_keys=True))
 
     def load_adapter(self, module: torch.nn.Module, path: Path) -> None:
         """Load adapter weights saved by ``save_adapter`` into ``module`` in place; every adapter must be there."""
@@ -125,11 +133,7 @@ class LoraWeights:
                              f"target_modules={saved.get('target_modules')}; learner.lora has rank={self.cfg.rank}, "
                              f"alpha={self.cfg.alpha}, target_modules={list(self.cfg.target_modules)}: resume with "
                              "the settings the checkpoint was trained with")
-        tensors = {}
-        for key, tensor in load_file(str(path / ADAPTER_WEIGHTS)).items():
-            layer, _, rest = key.removeprefix(PEFT_PREFIX).rpartition(".lora_")
-            kind, _, leaf = rest.partition(".")
-            tensors[f"{layer}.lora_{kind}.{ADAPTER}.{leaf}"] = tensor
+        tensors = {self.live_name(key): tensor for key, tensor in load_file(str(path / ADAPTER_WEIGHTS)).items()}
         own = {n: p for n, p in module.named_parameters() if ".lora_" in n}
         if set(tensors) != set(own):
             missing, unknown = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))

@@ -33,6 +33,7 @@ def make_rollout_worker(cfg: TrainConfig, model_path: str, rank: int, weights_ro
 
     from transformers import AutoTokenizer
 
+    from areal.models.lora import adapter_base
     from rollouts.engines import make_engine
     from rollouts.engines.base import SamplingConfig
     from rollouts.prompt_format import PromptFormat
@@ -42,7 +43,13 @@ def make_rollout_worker(cfg: TrainConfig, model_path: str, rank: int, weights_ro
     sampling = SamplingConfig(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                               top_p=cfg.rollout.top_p)
     tail = cfg.rollout.length_tail_median
-    engine = make_engine(cfg.engine, model_path, seed_offset=rank, native_backend=native_backend)
+    adapters = cfg.lora_sync(engine_on_gpu=device == "cuda") == "adapter"
+    if adapters:
+        # the engine serves adapters on the base model; a saved LoRA model (merged, adapter/ beside it) is not one
+        model_path = str(adapter_base(model_path) or model_path)
+    # one adapter per version a request in flight may still use: up to the staleness bound, plus the newest
+    engine = make_engine(cfg.engine, model_path, seed_offset=rank, native_backend=native_backend,
+                         lora_rank=cfg.learner.lora.rank if adapters else 0, max_loras=cfg.algo.max_staleness + 2)
     workflow = SingleTurnWorkflow(task, tokenizer, sampling, cfg.rollout.samples_per_prompt,
                                   make_reward_pool(task, cfg.task),
                                   length_tail=(tail, cfg.rollout.length_tail_sigma) if tail else None,

@@ -17,8 +17,8 @@ from typing import Any, Awaitable, Callable, Protocol
 from areal.timeline import BusyTracker
 from areal.types import TrajectoryGroup
 from areal.weight_sync import WeightManifest, WeightsUnavailable
-from rollouts.bucket_staging import FetchBucket, stage_buckets, staged_feed
-from rollouts.engines.base import BucketFeed, PolicyBackend
+from rollouts.bucket_staging import FetchBucket, stage_adapter, stage_buckets, staged_feed
+from rollouts.engines.base import BucketFeed, LoraAdapter, PolicyBackend
 from rollouts.rewards import RewardOutcome
 from rollouts.weight_staging import check_room
 from rollouts.tasks.base import Task, TaskSample
@@ -125,6 +125,17 @@ class RolloutWorker:
             if gone:  # checked before the engine pauses: the learner's files went with a newer export or the learner
                 raise WeightsUnavailable(f"load_weights: {len(gone)} of {len(manifest.buckets)} bucket files of "
                                          f"version {version} are gone, e.g. {gone[0]}")
+        if manifest.adapter_config:  # LoRA adapters alone: a folder the engine serves as a LoRA request
+            target = self.weights_root / f"adapter-v{version:06d}"
+            shutil.rmtree(target, ignore_errors=True)
+            await stage_adapter(manifest, fetch, target)
+            try:
+                await self.engine.update_weights(LoraAdapter(str(target), version), version)
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)  # the engine owns the folder only once it has it
+                raise
+            return
+        if fetch is None:
             feed = BucketFeed(manifest.paths(), tuple(b.names for b in manifest.buckets), version)
             await self.engine.update_weights(feed, version)
             return

@@ -85,8 +85,24 @@ class TrainConfig:
                 "image_prompts with engine.type=diffusers, a text task with engine.type=vllm")
         require(not self.is_diffusion or self.rollout.weight_transport in ("auto", "files"), "rollout.weight_transport",
                 self.rollout.weight_transport, "auto or files with engine.type=diffusers (its sampler loads one file)")
+        if self.learner.lora.sync == "adapter":
+            require(self.learner.lora.rank > 0, "learner.lora.sync", "adapter",
+                    "merged or auto without LoRA (learner.lora.rank = 0), or set learner.lora.rank")
+            require(self.rollout.weight_transport in ("auto", "buckets"), "rollout.weight_transport",
+                    self.rollout.weight_transport, "auto or buckets with learner.lora.sync=adapter (adapters travel "
+                    "as buckets)")
         require(self.rollout.max_new_tokens < self.engine.max_model_len, "rollout.max_new_tokens",
                 self.rollout.max_new_tokens, f"fewer than engine.max_model_len ({self.engine.max_model_len}) tokens")
+
+    def lora_sync(self, engine_on_gpu: bool) -> str:
+        """"adapter" or "merged": what the engines get of a LoRA learner (``learner.lora.sync``); "" without LoRA.
+        Learners and rollout actors decide alike from the config and where the engines run."""
+        lora = self.learner.lora
+        if not lora.rank or self.is_diffusion:
+            return ""
+        if lora.sync != "auto":
+            return lora.sync
+        return "adapter" if engine_on_gpu and self.rollout.weight_transport in ("auto", "buckets") else "merged"
 
     @property
     def is_diffusion(self) -> bool:

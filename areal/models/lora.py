@@ -6,7 +6,14 @@ frozen ``base_layer``, and only ``lora_`` parameters train. peft is imported onl
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
+
+ADAPTER_DIR = "adapter"  # a subfolder: transformers would treat adapter_config.json at the top as "load the base"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def inject_lora(module: torch.nn.Module, *, rank: int, alpha: float, targets: list[str], dropout: float = 0.0,
@@ -27,3 +34,15 @@ def inject_lora(module: torch.nn.Module, *, rank: int, alpha: float, targets: li
     if not any(p.requires_grad for p in module.parameters()):
         raise ValueError(f"config error: {key} = {rank}: {type(module).__name__} has no {list(targets)} layers "
                          "to adapt; use full fine-tuning (rank 0)")
+
+
+def adapter_base(model_path: str | Path) -> Path | None:
+    """The base model a saved LoRA model (``<model_path>/adapter``) was trained from; None without an adapter."""
+    config = Path(model_path) / ADAPTER_DIR / ADAPTER_CONFIG
+    if not config.is_file():
+        return None
+    base = Path(json.loads(config.read_text())["base_model_name_or_path"])
+    if not (base / "config.json").is_file():
+        raise FileNotFoundError(f"{config}: the base model {str(base)!r} the adapter was trained on is gone; "
+                                "resuming a LoRA checkpoint needs it (the merged model beside it is not exact)")
+    return base

@@ -43,6 +43,16 @@ class BucketFeed:
 
 
 @dataclass(frozen=True)
+class LoraAdapter:
+    """One version as a PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``) for an engine
+    that serves LoRA requests on its base model; the engine owns the folder and deletes it once it retires the
+    version (no request in flight uses it and a newer one is loaded)."""
+
+    path: str
+    version: int
+
+
+@dataclass(frozen=True)
 class Completion:
     """One sampled continuation with what the learner needs from the sampler."""
 
@@ -57,9 +67,10 @@ class PolicyBackend(abc.ABC):
     """An inference backend holding one version of the policy's weights; they change under in-flight work."""
 
     @abc.abstractmethod
-    async def update_weights(self, weights: str | BucketFeed, version: int) -> float:
+    async def update_weights(self, weights: str | BucketFeed | LoraAdapter, version: int) -> float:
         """Pause in-flight work, load the weights (a model folder, or a feed of buckets for engines that
-        stream them) in place, tag later actions with ``version``, resume; returns the seconds it took."""
+        stream them) in place, tag later actions with ``version``, resume; returns the seconds it took. An
+        engine serving LoRA adapters takes a ``LoraAdapter`` instead, for requests that start from then on."""
 
     @property
     @abc.abstractmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -19,13 +20,15 @@ from pathlib import Path
 import torch
 
 from areal.config.engine import EngineConfig
-from rollouts.engines.base import BucketFeed, Completion, Engine, SamplingConfig
+from rollouts.engines.base import BucketFeed, Completion, Engine, LoraAdapter, SamplingConfig
+from rollouts.engines.lora_versions import AdapterVersions, LoadedAdapter
 from rollouts.engines.vllm_worker_ext import TiedHeadReloadExtension
 
 # vLLM labels outputs with this until the first ``update_weight_version``; our engine starts at 0.
 _VLLM_INITIAL_LABEL = "default"
 _INITIAL_VERSION = 0
 _GIB = 1 << 30
+_VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
 
 
 def _prepare_environment() -> bool:
@@ -59,15 +62,17 @@ def _per_token_versions(spans, num_tokens: int) -> tuple[int, ...]:
     return tuple(versions)
 
 
-def _to_completion(output) -> Completion:
-    """Convert one finished vLLM ``CompletionOutput`` into a ``Completion``."""
+def _to_completion(output, version: int | None = None) -> Completion:
+    """Convert one finished vLLM ``CompletionOutput`` into a ``Completion``; ``version``: every token's version
+    (a LoRA request's adapter), instead of vLLM's weight-version spans."""
     token_ids = tuple(output.token_ids)
     # logprobs=0 asks for the sampled token only; each position maps token id -> Logprob.
     logprobs = tuple(float(position[tok].logprob) for position, tok in zip(output.logprobs, token_ids))
     return Completion(
         token_ids=token_ids,
         logprobs=logprobs,
-        versions=_per_token_versions(output.weight_versions, len(token_ids)),
+        versions=((version,) * len(token_ids) if version is not None
+                  else _per_token_versions(output.weight_versions, len(token_ids))),
         text=output.text,
         finish_reason=str(output.finish_reason),
     )
@@ -76,8 +81,11 @@ def _to_completion(output) -> Completion:
 class VLLMEngine(Engine):
     """An ``AsyncLLM`` over a local HF model; weights reload in place from safetensors folders or buckets."""
 
-    def __init__(self, cfg: EngineConfig, model_path: str, seed_offset: int = 0, native_backend: str = ""):
-        """``native_backend``: "nccl" or "ipc" to receive weights through vLLM's native transfer (GPU only)."""
+    def __init__(self, cfg: EngineConfig, model_path: str, seed_offset: int = 0, native_backend: str = "",
+                 lora_rank: int = 0, max_loras: int = 2):
+        """``native_backend``: "nccl" or "ipc" to receive weights through vLLM's native transfer (GPU only).
+        ``lora_rank`` > 0: versions arrive as LoRA adapters of that rank (``LoraAdapter``), served as LoRA requests
+        on ``model_path``, which never changes; ``max_loras``: adapters a batch may mix (one per version in flight)."""
         on_gpu = _prepare_environment()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -100,6 +108,12 @@ class VLLMEngine(Engine):
         )
         if on_gpu:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        if lora_rank:
+            rank = next((r for r in _VLLM_LORA_RANKS if r >= lora_rank), None)
+            if rank is None:
+                raise ValueError(f"config error: learner.lora.rank = {lora_rank}; vLLM serves LoRA ranks up to "
+                                 f"{_VLLM_LORA_RANKS[-1]}: use a smaller rank or learner.lora.sync=merged")
+            kwargs.update(enable_lora=True, max_lora_rank=rank, max_loras=max_loras, max_cpu_loras=max_loras)
         if native_backend:
             kwargs["weight_transfer_config"] = {"backend": native_backend}
         else:
@@ -122,6 +136,9 @@ class VLLMEngine(Engine):
         self.last_update: dict[str, float] = {}  # where the last update's time went (reload, tied-head re-pack)
         self.native_backend = native_backend
         self._native_started = 0.0  # when the native update in progress paused generation (0: none)
+        self._adapters = AdapterVersions(_INITIAL_VERSION) if lora_rank else None
+        self._adapter_ids = 0  # vLLM's LoRA ids: unique per load, even if a version is published again
+        self._retiring: set[asyncio.Task] = set()
 
     def _live(self):
         """The AsyncLLM, or an error once the engine is closed."""
@@ -131,8 +148,8 @@ class VLLMEngine(Engine):
 
     @property
     def version(self) -> int:
-        """Version of the weights currently loaded."""
-        return self._version
+        """Version of the weights currently loaded (with adapters: the adapter new requests get)."""
+        return self._adapters.version if self._adapters else self._version
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingConfig, n: int = 1) -> list[Completion]:
         """n independent samples of one prompt, each token tagged with the weights that produced it."""
@@ -166,12 +183,17 @@ class VLLMEngine(Engine):
         final = None
         # An already-rendered token input: no tokenizer pass (raw prompts are deprecated in 0.32).
         prompt = tokens_input(list(prompt_ids))
-        async for out in self._live().generate(prompt, params, request_id=uuid.uuid4().hex):
-            final = out
+        version, adapter = self._adapters.acquire() if self._adapters else (None, None)
+        try:
+            async for out in self._live().generate(prompt, params, request_id=uuid.uuid4().hex, lora_request=adapter):
+                final = out
+        finally:
+            if self._adapters and self._adapters.release(version):
+                self._retire_soon()
         if final is None or len(final.outputs) != n:
             got = 0 if final is None else len(final.outputs)
             raise RuntimeError(f"vLLM returned {got} completions for a request of n={n}")
-        completions = [_to_completion(c) for c in sorted(final.outputs, key=lambda c: c.index)]
+        completions = [_to_completion(c, version) for c in sorted(final.outputs, key=lambda c: c.index)]
         if sampling.forced_new_tokens or not params.detokenize:
             # what was generated past EOS is filler: the text (which rewards read) ends where the answer ended
             completions = [dataclasses.replace(c, text=self._text_before_eos(c.token_ids)) for c in completions]
@@ -187,11 +209,17 @@ class VLLMEngine(Engine):
         end = token_ids.index(eos) if eos in token_ids else len(token_ids)
         return self._tokenizer.decode(list(token_ids[:end]), skip_special_tokens=True)
 
-    async def update_weights(self, weights: str | BucketFeed, version: int) -> float:
+    async def update_weights(self, weights: str | BucketFeed | LoraAdapter, version: int) -> float:
         """Pause in-flight requests, reload in place from ``weights`` (an HF safetensors folder, or a feed of
         buckets streamed into one reload), tag later tokens with ``version``, resume; returns seconds taken.
         On a failed reload the engine stays paused (its weights may be half-written) until a later update
-        succeeds."""
+        succeeds. An engine serving adapters takes a ``LoraAdapter`` instead (``load_adapter``)."""
+        if isinstance(weights, LoraAdapter) or self._adapters:
+            if not (isinstance(weights, LoraAdapter) and self._adapters):
+                raise ValueError(f"update_weights(version={version}): {type(weights).__name__} for an engine "
+                                 f"{'serving' if self._adapters else 'not serving'} LoRA adapters; learners and "
+                                 "engines must agree on learner.lora.sync")
+            return await self.load_adapter(weights, version)
         if isinstance(weights, BucketFeed):
             what = f"{len(weights.paths)} bucket(s) in {Path(weights.paths[0]).parent}"
             # plain values: collective_rpc serialises its arguments
@@ -226,6 +254,41 @@ class VLLMEngine(Engine):
             seconds = time.perf_counter() - start
             self.last_update = {"pause_seconds": paused - start, **timings, "seconds": seconds}
             return seconds
+
+    # -- LoRA adapters (learner.lora.sync=adapter) --------------------------------------------------------------
+    async def load_adapter(self, adapter: LoraAdapter, version: int) -> float:
+        """Load ``adapter`` as ``version`` for requests that start from now on; requests in flight finish with
+        theirs, so nothing pauses. The engine owns ``adapter.path`` from here and deletes it on unloading."""
+        from vllm.lora.request import LoRARequest
+
+        async with self._update_lock:
+            start = time.perf_counter()
+            self._adapter_ids += 1
+            request = LoRARequest(f"areal-v{version}", self._adapter_ids, adapter.path)
+            try:
+                await self._live().add_lora(request)  # loaded now, not on the first request that needs it
+            except Exception as exc:
+                raise RuntimeError(f"update_weights: loading LoRA adapters from {adapter.path} as version {version} "
+                                   f"failed ({type(exc).__name__}: {exc}); requests keep version "
+                                   f"{self._adapters.version}") from exc
+            self._adapters.make_current(LoadedAdapter(version, request, adapter.path))
+            await self._retire()
+            seconds = time.perf_counter() - start
+            self.last_update = {"seconds": seconds}
+            return seconds
+
+    async def _retire(self) -> None:
+        """Unload the adapters no request uses any more, and delete their folders."""
+        for old in self._adapters.retire():
+            if self._llm is not None:
+                await self._llm.remove_lora(old.request.lora_int_id)
+            shutil.rmtree(old.path, ignore_errors=True)
+
+    def _retire_soon(self) -> None:
+        """``_retire`` from a request's end without making the request wait for it."""
+        task = asyncio.get_running_loop().create_task(self._retire())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     # -- native weight transfer (UNVERIFIED: docs/weight_sync.md) -------------------------------------------------
     # The learner's vLLM trainer engine drives these four steps; the pause/version protocol of update_weights is
@@ -274,6 +337,8 @@ class VLLMEngine(Engine):
     async def close(self) -> None:
         """Shut down the engine core and its worker processes."""
         llm, self._llm = self._llm, None
+        for adapter in self._adapters.loaded() if self._adapters else ():
+            shutil.rmtree(adapter.path, ignore_errors=True)
         if llm is not None:
             # Shut down while the interpreter is intact: AsyncLLM.__del__ at exit fails noisily.
             llm.shutdown()
