@@ -205,6 +205,8 @@ class Driver:
                 self.metrics.record("rollout/engine_seconds", engine)
                 self.metrics.record("rollout/reward_seconds", reward)
                 self.metrics.record("rollout/queue_seconds", max(0.0, latency - engine - reward))
+            for key, value in group.info.get("episode_stats", {}).items():  # multi-turn episodes' shape
+                self.metrics.record(f"agent/{key}", value)
             outcome = self.controller.on_group(pending.ticket, group)
             self.metrics.record("rollout/generated", group.num_actions)
             self.metrics.record("rollout/samples", len(group.trajectories))

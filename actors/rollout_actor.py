@@ -42,9 +42,17 @@ class RolloutActor:
         choice = run_transport(cfg, learner_on_gpu=cfg.learner.num_gpus > 0, engine_on_gpu=device == "cuda")
         self.native_backend = choice.backend if choice.transport == "native" else ""
         self.key = f"rollout-{rank}-pid{os.getpid()}"  # this engine, for the learner's native senders
+        env_pool = None
         try:
-            self.worker = make_rollout_worker(cfg, model_path, rank, self.staging.path, device, self.native_backend)
+            if cfg.env.multi_turn and cfg.env.workers:
+                from actors.env_worker import RayEnvironmentPool
+
+                env_pool = RayEnvironmentPool(cfg, model_path, owner=f"rollout-{rank}")
+            self.worker = make_rollout_worker(cfg, model_path, rank, self.staging.path, device, self.native_backend,
+                                              env_pool)
         except BaseException:
+            if env_pool is not None:
+                env_pool.close()
             self.staging.remove()
             raise
 

@@ -56,6 +56,8 @@ class StepMetrics:
                     "learner/gap_seconds", "weights/export_seconds", "driver/batch_seconds"):
             if w.get(key):
                 metrics[f"{key}_mean"] = sum(w[key]) / len(w[key])
+        for key in [k for k in w if k.startswith("agent/")]:  # means over the window's groups
+            metrics[f"{key}_mean"] = sum(w[key]) / len(w[key])
         stale = w.get("staleness/trained", [])
         if stale:
             metrics["staleness/mean"] = sum(stale) / len(stale)

@@ -17,7 +17,8 @@ def build_train_batch(groups: Sequence[TrajectoryGroup], advantage: str, pad_id:
     Advantages are computed here, from the group rewards [G, n], by the estimator
     registered under ``advantage`` (``algo.advantage``): the learner only executes them.
     A sample whose reward failed keeps its row but no loss: its ``loss_mask`` row is all
-    False, and the estimator sees its group as the other samples alone.
+    False, and the estimator sees its group as the other samples alone. Tokens a multi-turn
+    episode's environment wrote (``Trajectory.policy_mask`` False) are context, never trained on.
     """
     if not groups:
         raise ValueError("build_train_batch: no groups to train on")
@@ -36,7 +37,7 @@ def build_train_batch(groups: Sequence[TrajectoryGroup], advantage: str, pad_id:
         p, o = len(t.prompt_ids), len(t.output_ids)
         input_ids[i, : p + o] = torch.tensor(t.prompt_ids + t.output_ids, dtype=torch.long)
         attention[i, : p + o] = 1
-        loss_mask[i, p : p + o] = True
+        loss_mask[i, p : p + o] = True if t.policy_mask is None else torch.tensor(t.policy_mask, dtype=torch.bool)
         behavior[i, p : p + o] = torch.tensor(t.logprobs, dtype=torch.float32)
         versions[i, p : p + o] = torch.tensor(t.versions, dtype=torch.long)
     rewards = torch.tensor([[t.reward for t in g.trajectories] for g in groups], dtype=torch.float32)

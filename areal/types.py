@@ -26,7 +26,12 @@ def _check_reward(kind: str, reward: float) -> None:
 
 @dataclass(frozen=True)
 class Trajectory:
-    """One sampled completion of one prompt; ``reward`` is NaN (``FAILED_REWARD``) when scoring it failed."""
+    """One sampled completion of one prompt; ``reward`` is NaN (``FAILED_REWARD``) when scoring it failed.
+
+    A multi-turn episode is one trajectory too: ``output_ids`` holds the policy's turns and the environment's
+    observations between them, and ``policy_mask`` says which tokens the policy sampled (only those are
+    trained on; an observation token's log-prob is 0 and its version that of the policy token before it).
+    """
 
     prompt_ids: tuple[int, ...]
     output_ids: tuple[int, ...]
@@ -35,6 +40,7 @@ class Trajectory:
     reward: float
     text: str = ""
     finish_reason: str = ""
+    policy_mask: tuple[bool, ...] | None = None  # None: every output token is the policy's
 
     def __post_init__(self):
         n = len(self.output_ids)
@@ -43,7 +49,10 @@ class Trajectory:
                 f"Trajectory: output_ids, logprobs and versions must have one entry per token, got "
                 f"{n}, {len(self.logprobs)}, {len(self.versions)}"
             )
+        if self.policy_mask is not None and len(self.policy_mask) != n:
+            raise ValueError(f"Trajectory: policy_mask has {len(self.policy_mask)} entries for {n} output tokens")
         _check_reward("Trajectory", self.reward)
+
 
     @property
     def reward_ok(self) -> bool:
@@ -52,7 +61,8 @@ class Trajectory:
 
     @property
     def num_actions(self) -> int:
-        return len(self.output_ids)
+        """Tokens the policy sampled (all output tokens but a multi-turn episode's observations)."""
+        return len(self.output_ids) if self.policy_mask is None else sum(self.policy_mask)
 
 
 @dataclass(frozen=True)
@@ -226,9 +236,12 @@ def _trajectory_to_dict(t: AnyTrajectory) -> dict:
         return {"kind": "chain", "prompt": t.prompt, "latents": _tensor_to_dict(t.latents),
                 "timesteps": list(t.timesteps), "logprobs": list(t.logprobs), "versions": list(t.versions),
                 "reward": reward}
-    return {"kind": "text", "prompt_ids": list(t.prompt_ids), "output_ids": list(t.output_ids),
-            "logprobs": list(t.logprobs), "versions": list(t.versions), "reward": reward, "text": t.text,
-            "finish_reason": t.finish_reason}
+    out = {"kind": "text", "prompt_ids": list(t.prompt_ids), "output_ids": list(t.output_ids),
+           "logprobs": list(t.logprobs), "versions": list(t.versions), "reward": reward, "text": t.text,
+           "finish_reason": t.finish_reason}
+    if t.policy_mask is not None:
+        out["policy_mask"] = [int(m) for m in t.policy_mask]
+    return out
 
 
 def _trajectory_from_dict(t: dict) -> AnyTrajectory:
@@ -236,8 +249,9 @@ def _trajectory_from_dict(t: dict) -> AnyTrajectory:
     if t.get("kind") == "chain":
         return ChainTrajectory(t["prompt"], _tensor_from_dict(t["latents"]), tuple(t["timesteps"]),
                                tuple(t["logprobs"]), tuple(t["versions"]), reward)
+    mask = t.get("policy_mask")
     return Trajectory(tuple(t["prompt_ids"]), tuple(t["output_ids"]), tuple(t["logprobs"]), tuple(t["versions"]),
-                      reward, t["text"], t["finish_reason"])
+                      reward, t["text"], t["finish_reason"], None if mask is None else tuple(bool(m) for m in mask))
 
 
 def group_to_dict(group: TrajectoryGroup) -> dict:

@@ -17,9 +17,10 @@ def make_reward_pool(task: Task, cfg: TaskConfig) -> RewardPool:
 
 
 def make_rollout_worker(cfg: TrainConfig, model_path: str, rank: int, weights_root: str | Path,
-                        device: str = "cpu", native_backend: str = "") -> RolloutWorker:
+                        device: str = "cpu", native_backend: str = "", env_pool=None) -> RolloutWorker:
     """The backend, workflow and task of rollout worker ``rank`` (heavy imports happen only for the one chosen);
-    ``native_backend``: the text engine receives weights through vLLM's native transfer."""
+    ``native_backend``: the text engine receives weights through vLLM's native transfer; ``env_pool``: where a
+    multi-turn workflow's environments run (default: threads of this process, ``env.workers=0``)."""
     from rollouts.tasks.factory import make_task
 
     task = make_task(cfg.task, model_path)
@@ -50,8 +51,21 @@ def make_rollout_worker(cfg: TrainConfig, model_path: str, rank: int, weights_ro
     # one adapter per version a request in flight may still use: up to the staleness bound, plus the newest
     engine = make_engine(cfg.engine, model_path, seed_offset=rank, native_backend=native_backend,
                          lora_rank=cfg.learner.lora.rank if adapters else 0, max_loras=cfg.algo.max_staleness + 2)
+    prompt_format = PromptFormat(cfg.task.chat_template, cfg.task.system_prompt)
+    if cfg.env.multi_turn:
+        from rollouts.multi_turn import MultiTurnWorkflow
+
+        if env_pool is None:
+            from rollouts.envs.factory import environment_maker
+            from rollouts.envs.pool import LocalEnvironmentPool
+
+            env_pool = LocalEnvironmentPool(environment_maker(cfg, model_path), cfg.env.step_timeout_s,
+                                            cfg.env.concurrency)
+        workflow = MultiTurnWorkflow(tokenizer, sampling, cfg.rollout.samples_per_prompt, env_pool,
+                                     cfg.env.max_turns, cfg.env.max_episode_tokens, prompt_format)
+        return RolloutWorker(engine, workflow, task, weights_root)
     workflow = SingleTurnWorkflow(task, tokenizer, sampling, cfg.rollout.samples_per_prompt,
                                   make_reward_pool(task, cfg.task),
                                   length_tail=(tail, cfg.rollout.length_tail_sigma) if tail else None,
-                                  prompt_format=PromptFormat(cfg.task.chat_template, cfg.task.system_prompt))
+                                  prompt_format=prompt_format)
     return RolloutWorker(engine, workflow, task, weights_root)

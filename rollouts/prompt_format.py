@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CHAT_TEMPLATE_MODES = ("auto", "none")
+_TURN_END = "AREAL-POLICY-TURN-ENDS-HERE"  # marks where the policy's own tokens stop in a rendered conversation
 
 
 @dataclass(frozen=True)
@@ -40,3 +41,17 @@ class PromptFormat:
         rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                  return_dict=True)
         return list(rendered["input_ids"])
+
+    def encode_observation(self, tokenizer, text: str) -> list[int]:
+        """Token ids of an environment's answer appended after a policy turn of a multi-turn episode: as is for
+        raw text; in a chat format, the end of the assistant's turn, a tool turn holding ``text`` and the
+        opening of the next assistant turn, as the model's own chat template writes them."""
+        if not self.uses_chat(tokenizer):
+            return list(tokenizer.encode(text, add_special_tokens=False))
+        conversation = [{"role": "user", "content": "?"}, {"role": "assistant", "content": _TURN_END},
+                        {"role": "tool", "content": text}]
+        rendered = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        if _TURN_END not in rendered:
+            raise ValueError("the tokenizer's chat template drops assistant turns, so observations cannot follow "
+                             "one: use task.chat_template=none")
+        return list(tokenizer.encode(rendered[rendered.index(_TURN_END) + len(_TURN_END):], add_special_tokens=False))

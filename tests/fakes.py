@@ -40,7 +40,7 @@ class FakeEngine(Engine):
 class CharTokenizer:
     """Code points as token ids: enough for workflow tests."""
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [ord(c) for c in text]
 
     def decode(self, ids) -> str:

@@ -9,6 +9,7 @@ from areal.config.algo import AlgoConfig
 from areal.config.controller import ControllerConfig
 from areal.config.diffusion import DiffusionConfig
 from areal.config.engine import EngineConfig
+from areal.config.env import EnvConfig
 from areal.config.experiment import CheckpointConfig, ClusterConfig, TrainConfig
 from areal.config.learner import ByzantineConfig, LearnerConfig, LoraConfig
 from areal.config.logging import LoggingConfig
@@ -23,6 +24,7 @@ __all__ = [
     "ControllerConfig",
     "DiffusionConfig",
     "EngineConfig",
+    "EnvConfig",
     "LearnerConfig",
     "LoggingConfig",
     "LoraConfig",

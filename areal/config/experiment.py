@@ -9,6 +9,7 @@ from areal.config.algo import AlgoConfig
 from areal.config.controller import ControllerConfig
 from areal.config.diffusion import DiffusionConfig
 from areal.config.engine import EngineConfig
+from areal.config.env import EnvConfig
 from areal.config.learner import LearnerConfig
 from areal.config.logging import LoggingConfig
 from areal.config.rollout import RolloutConfig
@@ -74,6 +75,7 @@ class TrainConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
@@ -91,6 +93,11 @@ class TrainConfig:
             require(self.rollout.weight_transport in ("auto", "buckets"), "rollout.weight_transport",
                     self.rollout.weight_transport, "auto or buckets with learner.lora.sync=adapter (adapters travel "
                     "as buckets)")
+        require(not (self.env.multi_turn and self.is_diffusion), "env.type", self.env.type,
+                "none with engine.type=diffusers (multi-turn episodes are for text policies)")
+        require(not self.env.multi_turn or self.env.max_episode_tokens < self.engine.max_model_len,
+                "env.max_episode_tokens", self.env.max_episode_tokens,
+                f"fewer than engine.max_model_len ({self.engine.max_model_len}) tokens, with room for the prompt")
         require(self.rollout.max_new_tokens < self.engine.max_model_len, "rollout.max_new_tokens",
                 self.rollout.max_new_tokens, f"fewer than engine.max_model_len ({self.engine.max_model_len}) tokens")
 
