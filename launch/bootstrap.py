@@ -83,24 +83,67 @@ def greedy_accuracy(model, tokenizer, task: Task, samples: Sequence[TaskSample],
     return sum(task.score(c, s) for c, s in zip(completions, samples)) / len(samples)
 
 
-def sft_batch(tokenizer, samples: Sequence[TaskSample], answer_suffix: str = ""):
-    """Teacher-forcing tensors for prompt + reference + suffix + EOS; labels are -100 except answer and EOS."""
+def sft_batch(tokenizer, samples: Sequence[TaskSample], answer_suffix: str = "", transcript: str = "answer"):
+    """Teacher-forcing tensors for prompt + reference + suffix + EOS; labels are -100 except answer and EOS. With
+    ``transcript="calculator"`` a tool call and its result come before the answer (``calculator_transcript``),
+    the result unlabelled: the environment writes it, the model only reads it."""
     import torch
 
-    rows, prompt_lens = [], []
+    rows, labelled = [], []
     for s in samples:
-        prompt = tokenizer.encode(s.prompt)
-        rows.append(prompt + tokenizer.encode(s.reference + answer_suffix) + [tokenizer.eos_token_id])
-        prompt_lens.append(len(prompt))
+        parts = (calculator_transcript(s) if transcript == "calculator" else [(s.reference, True)])
+        parts = [(s.prompt, False), *parts[:-1], (parts[-1][0] + answer_suffix, True)]
+        row, keep = [], []
+        for text, trained in parts:
+            ids = tokenizer.encode(text)
+            row += ids
+            keep += [trained] * len(ids)
+        rows.append(row + [tokenizer.eos_token_id])
+        labelled.append(keep + [True])
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     labels = torch.full_like(ids, -100)
-    for i, (r, p) in enumerate(zip(rows, prompt_lens)):
+    for i, (r, keep) in enumerate(zip(rows, labelled)):
         ids[i, : len(r)] = torch.tensor(r)
         mask[i, : len(r)] = 1
-        labels[i, p : len(r)] = ids[i, p : len(r)]
+        labels[i, : len(r)] = torch.where(torch.tensor(keep), ids[i, : len(r)], -100)
     return ids, mask, labels
+
+
+def calculator_transcript(sample: TaskSample) -> list[tuple[str, bool]]:
+    """(text, written by the model) parts of an answer found with the calculator: ``[calculator 347*28]``, the
+    environment's ``{9716}``, then ``9716`` (arithmetic samples' ids are their expressions)."""
+    from rollouts.envs.tool_calls import TaggedToolCalls
+
+    syntax = TaggedToolCalls()
+    call = f"{syntax.open_bracket}calculator {sample.id}{syntax.close_bracket}"
+    return [(call, True), (syntax.format_result(sample.reference), False), (sample.reference, True)]
+
+
+def greedy_tool_accuracy(model, tokenizer, task: Task, samples: Sequence[TaskSample], max_new_tokens: int) -> float:
+    """Held-out accuracy of greedy episodes with the calculator (one call at most), played as a run plays them:
+    the first turn ends at the call's ``]`` or EOS, the calculator's answer is appended, the next turn answers."""
+    from rollouts.envs.calculator import calculator_tool
+    from rollouts.envs.tool_calls import TaggedToolCalls
+    from rollouts.envs.tool_env import ToolEnvironment
+
+    envs = [ToolEnvironment(task, [calculator_tool()], TaggedToolCalls(), max_tool_calls=1) for _ in samples]
+    transcripts = [env.reset(s) for env, s in zip(envs, samples)]
+    rewards = [0.0] * len(samples)
+    playing = list(range(len(samples)))
+    for _ in range(2):  # a call and an answer
+        turns = greedy_completions(model, tokenizer, [transcripts[i] for i in playing], max_new_tokens)
+        still = []
+        for i, text in zip(playing, turns):
+            action = text.split("]", 1)[0] + "]" if "]" in text else text  # the engine stops at "]"
+            result = envs[i].step(action)
+            rewards[i] += result.reward
+            if not result.done:
+                transcripts[i] += action + result.observation
+                still.append(i)
+        playing = still
+    return sum(rewards) / len(samples)
 
 
 def _settings_hash(settings: dict) -> str:
@@ -118,12 +161,16 @@ def _cached(out_dir: Path, digest: str) -> dict | None:
 
 def _train_until_target(model, tokenizer, task: ArithmeticTask, seed: int, target_accuracy: float, max_steps: int,
                         batch_size: int, lr: float, warmup_steps: int, eval_every: int,
-                        answer_suffix: str = "") -> dict:
+                        answer_suffix: str = "", transcript: str = "answer") -> dict:
     """Teacher-forced SFT on ``task.train``; stops at the first evaluation reaching the target."""
     import torch
 
     held_out, train = list(task.eval), task.train
     max_new_tokens = task.max_answer_chars + 2  # room for the EOS and one token past it
+    accuracy_of = greedy_accuracy
+    if transcript == "calculator":
+        accuracy_of = greedy_tool_accuracy
+        max_new_tokens = len(calculator_transcript(task.eval[0])[0][0]) + task.max_answer_chars + 2
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     # linear warm-up then constant: the run stops early at a target, so no decay horizon exists
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
@@ -134,7 +181,7 @@ def _train_until_target(model, tokenizer, task: ArithmeticTask, seed: int, targe
     while step < max_steps:
         model.train()
         picks = torch.randint(len(train), (batch_size,), generator=generator).tolist()
-        ids, mask, labels = sft_batch(tokenizer, [train[i] for i in picks], answer_suffix)
+        ids, mask, labels = sft_batch(tokenizer, [train[i] for i in picks], answer_suffix, transcript)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -143,7 +190,7 @@ def _train_until_target(model, tokenizer, task: ArithmeticTask, seed: int, targe
         scheduler.step()
         step, loss_value = step + 1, loss.item()
         if step % eval_every == 0 or step == max_steps:
-            accuracy = greedy_accuracy(model, tokenizer, task, held_out, max_new_tokens)
+            accuracy = accuracy_of(model, tokenizer, task, held_out, max_new_tokens)
             log.info("bootstrap: step %d loss %.4f held-out accuracy %.3f (%.1fs)",
                      step, loss_value, accuracy, time.perf_counter() - start)
             if accuracy >= target_accuracy:
@@ -170,12 +217,14 @@ def bootstrap_model(
     eval_size: int = 200,
     force: bool = False,
     answer_suffix: str = "",
+    transcript: str = "answer",
 ) -> Path:
     """Build, warm-start (SFT on the arithmetic train split) and save the tiny model; cached by settings.
 
     Training stops at the first evaluation whose greedy accuracy on ``eval_size``
     held-out problems is >= ``target_accuracy``, or after ``max_steps``.
-    ``task_kwargs`` go to ``ArithmeticTask`` (operand range, operators; not ``eval_size``).
+    ``task_kwargs`` go to ``ArithmeticTask`` (operand range, operators; not ``eval_size``). ``transcript``:
+    "answer" (the answer alone) or "calculator" (the answer found with a calculator call, for multi-turn runs).
     """
     import torch
 
@@ -188,6 +237,8 @@ def bootstrap_model(
     }
     if answer_suffix:  # only when set, so caches of the default recipe stay valid
         settings["answer_suffix"] = answer_suffix
+    if transcript != "answer":
+        settings["transcript"] = transcript
     digest = _settings_hash(settings)
     if not force and (record := _cached(out_dir, digest)) is not None:
         log.info("bootstrap: reusing %s (hash %s, held-out accuracy %.3f)", out_dir, digest, record["eval_accuracy"])
@@ -203,7 +254,7 @@ def bootstrap_model(
     try:
         model = build_tiny_model(tokenizer, size, seed)
         result = _train_until_target(model, tokenizer, task, seed, target_accuracy, max_steps, batch_size, lr,
-                                     warmup_steps, eval_every, answer_suffix)
+                                     warmup_steps, eval_every, answer_suffix, transcript)
     finally:
         torch.set_num_threads(threads)
     save_model(model, tokenizer, out_dir)

@@ -61,6 +61,8 @@ def resolve_model(cfg: TrainConfig) -> str:
         from launch.diffusion_bootstrap import bootstrap_diffusion, diffusion_model_dir
 
         return str(bootstrap_diffusion(diffusion_model_dir(cfg.seed, 32), seed=cfg.seed))
+    if cfg.env.type == "tools":
+        return str(calculator_demo_model(cfg))
     # the bootstrap trains on the task's own train split: same seed, so the held-out split stays unseen
     return str(demo_model(cfg.task.seed))
 
@@ -81,6 +83,37 @@ def demo_model(seed: int = 0, out_dir: str | Path | None = None) -> Path:
     from launch.bootstrap import bootstrap_model
 
     return bootstrap_model(out_dir or demo_model_dir(seed), seed=seed, answer_suffix="\n")
+
+
+CALCULATOR_WARM_START = dict(target_accuracy=0.3, max_steps=3000, eval_every=10)
+
+
+def arithmetic_kwargs(cfg: TrainConfig) -> dict:
+    """The arithmetic problem space of ``task.*`` as ``ArithmeticTask`` keywords (what a warm start trains on)."""
+    t = cfg.task
+    return dict(operators=tuple(t.operators), min_operand=t.min_operand, max_operand=t.max_operand,
+                min_operand_b=None if t.min_operand_b < 0 else t.min_operand_b,
+                max_operand_b=None if t.max_operand_b < 0 else t.max_operand_b)
+
+
+def calculator_demo_model(cfg: TrainConfig) -> Path:
+    """The tiny model warm-started on calculator transcripts of the run's arithmetic task (``[calculator a*b]``,
+    the result, the answer) until its greedy episodes score ``CALCULATOR_WARM_START``'s target: partly, leaving
+    RL headroom. Cached per problem space and seed."""
+    from launch.bootstrap import bootstrap_model
+
+    t = cfg.task
+    if t.type != "arithmetic" or cfg.env.tool_syntax != "tagged" or "calculator" not in cfg.env.tools:
+        raise ValueError("config error: env.type=tools without model_path warm-starts the tiny model on calculator "
+                         "calls, which needs task.type=arithmetic, env.tool_syntax=tagged and the calculator in "
+                         "env.tools; give model_path for anything else")
+    kwargs = arithmetic_kwargs(cfg)
+    names = {"+": "add", "-": "sub", "*": "mul"}
+    space = "-".join([*(names[op] for op in t.operators),
+                      *(str(v) for v in (t.min_operand, t.max_operand, t.min_operand_b, t.max_operand_b))])
+    root = demo_model_dir(t.seed).parent
+    return bootstrap_model(root / f"tiny-calculator-{space}-seed{t.seed}", seed=t.seed, task_kwargs=kwargs,
+                           transcript="calculator", **CALCULATOR_WARM_START)
 
 
 def find_resume_checkpoint(cfg: TrainConfig) -> tuple[Path, dict] | None:

@@ -35,6 +35,11 @@ class TaskConfig:
     """arithmetic: smallest operand."""
     max_operand: int = 99
     """arithmetic: largest operand."""
+    min_operand_b: int = -1
+    """arithmetic: smallest second operand; -1 = min_operand (e.g. 3-digit x 2-digit: min_operand=100,
+    max_operand=999, min_operand_b=10, max_operand_b=99)."""
+    max_operand_b: int = -1
+    """arithmetic: largest second operand; -1 = max_operand."""
     prompt_template: str = "{a}{op}{b}="
     """arithmetic: the prompt text, with fields {a}, {op}, {b} (e.g. "What is {a} {op} {b}? Answer with the number
     only." for an instruct model)."""
@@ -87,6 +92,10 @@ def check_arithmetic(cfg: TaskConfig) -> None:
             "a non-empty list of +, - and *")
     require(0 <= cfg.min_operand <= cfg.max_operand, "task.min_operand/max_operand",
             (cfg.min_operand, cfg.max_operand), "0 <= min_operand <= max_operand")
+    lo_b = cfg.min_operand if cfg.min_operand_b < 0 else cfg.min_operand_b
+    hi_b = cfg.max_operand if cfg.max_operand_b < 0 else cfg.max_operand_b
+    require(0 <= lo_b <= hi_b, "task.min_operand_b/max_operand_b", (cfg.min_operand_b, cfg.max_operand_b),
+            "0 <= min_operand_b <= max_operand_b (-1: the first operand's bound)")
     require(cfg.answer_format in ANSWER_FORMATS, "task.answer_format", cfg.answer_format,
             f"one of {', '.join(ANSWER_FORMATS)}")
     try:

@@ -168,6 +168,8 @@ class VLLMEngine(Engine):
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             stop=list(sampling.stop) or None,
+            # a multi-turn environment reads the turn as written, its tool call's closing stop string included
+            include_stop_str_in_output=bool(sampling.stop),
             seed=sampling.seed,
             logprobs=0,
             # vLLM's client detokenizes incrementally at every step, and spells out each sampled token's text

@@ -61,7 +61,10 @@ class ArithmeticTask(Task):
         holdout_fraction: float = 0.1,
         prompt_template: str = "{a}{op}{b}=",
         answer_format: str = "exact",
+        min_operand_b: int | None = None,
+        max_operand_b: int | None = None,
     ):
+        """``min_operand_b``/``max_operand_b``: the second operand's range (None: the first's)."""
         unknown = [op for op in operators if op not in OPERATORS]
         if not operators or unknown:
             raise ValueError(
@@ -79,8 +82,12 @@ class ArithmeticTask(Task):
         self.operators, self.prompt_template = tuple(operators), prompt_template
         self.answer_format = answer_format
         self.min_operand, self.max_operand = min_operand, max_operand
-        width = max_operand - min_operand + 1
-        space = len(self.operators) * width * width
+        self.min_b = min_operand if min_operand_b is None else min_operand_b
+        self.max_b = max_operand if max_operand_b is None else max_operand_b
+        if not 0 <= self.min_b <= self.max_b:
+            raise ValueError(f"ArithmeticTask: need 0 <= min_operand_b <= max_operand_b, got {self.min_b}, {self.max_b}")
+        width, self.width_b = max_operand - min_operand + 1, self.max_b - self.min_b + 1
+        space = len(self.operators) * width * self.width_b
         # The draw depends only on (seed, space), never on eval_size or train_size: the held-out
         # pool is its first part, so runs that ask for different eval sizes still share one train
         # split that none of their held-out problems is in. random.sample draws without
@@ -99,17 +106,17 @@ class ArithmeticTask(Task):
                          eval=[self._problem(i, width) for i in held_out[:eval_size]])
 
     def _problem(self, index: int, width: int) -> TaskSample:
-        op_index, rest = divmod(index, width * width)
-        a, b = divmod(rest, width)
-        a, b = a + self.min_operand, b + self.min_operand
+        op_index, rest = divmod(index, width * self.width_b)
+        a, b = divmod(rest, self.width_b)
+        a, b = a + self.min_operand, b + self.min_b
         op = self.operators[op_index]
         return TaskSample(id=f"{a}{op}{b}", prompt=self.prompt_template.format(a=a, op=op, b=b), reference=str(OPERATORS[op](a, b)))
 
     @property
     def max_answer_chars(self) -> int:
         """Longest reference over the whole problem space (sizes generation budgets)."""
-        lo, hi = self.min_operand, self.max_operand
-        corners = [OPERATORS[op](a, b) for op in self.operators for a in (lo, hi) for b in (lo, hi)]
+        corners = [OPERATORS[op](a, b) for op in self.operators for a in (self.min_operand, self.max_operand)
+                   for b in (self.min_b, self.max_b)]
         return max(len(str(v)) for v in corners)
 
     def score(self, completion: str, sample: TaskSample) -> float:

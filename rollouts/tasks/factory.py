@@ -14,7 +14,9 @@ def make_task(cfg: TaskConfig, model_path: str = "") -> Task:
 
         return ArithmeticTask(seed=cfg.seed, eval_size=cfg.eval_size, min_operand=cfg.min_operand,
                               max_operand=cfg.max_operand, operators=tuple(cfg.operators),
-                              prompt_template=cfg.prompt_template, answer_format=cfg.answer_format)
+                              prompt_template=cfg.prompt_template, answer_format=cfg.answer_format,
+                              min_operand_b=None if cfg.min_operand_b < 0 else cfg.min_operand_b,
+                              max_operand_b=None if cfg.max_operand_b < 0 else cfg.max_operand_b)
     if cfg.type == "gsm8k":
         from rollouts.tasks.gsm8k import GSM8KTask
 
