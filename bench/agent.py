@@ -126,7 +126,7 @@ def to_markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--warm-steps", type=int, default=40, help="supervised steps of both warm starts")
+    parser.add_argument("--warm-steps", type=int, default=60, help="supervised steps of both warm starts")
     parser.add_argument("--steps", type=int, default=30, help="RL steps of both arms")
     parser.add_argument("--sandbox-calls", type=int, default=40)
     parser.add_argument("--out", default="agent", help="results stem under bench/results")
