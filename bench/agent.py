@@ -46,8 +46,10 @@ def warm_start(arm: str, seed: int, steps: int, root: Path) -> Path:
 
 
 def run_arm(arm: str, seed: int, model: Path, args, out: Path) -> dict:
+    # a single-turn model that never gets a product right has only zero-variance groups, which the default
+    # filter would refuse until the run stalls: both arms train on every group (those groups add no gradient)
     overrides = ["experiment=calc_tiny", f"model_path={model}", f"seed={seed}", f"task.seed={seed}",
-                 f"total_steps={args.steps}", f"eval_every={args.steps}"]
+                 f"total_steps={args.steps}", f"eval_every={args.steps}", "algo.filter_zero_variance=false"]
     if arm == "single":
         overrides += ["env.type=none", "rollout.max_new_tokens=8"]
     began = time.perf_counter()
