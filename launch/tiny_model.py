@@ -75,9 +75,24 @@ def build_tiny_model(tokenizer, size: TinyModelSize = TinyModelSize(), seed: int
 
 def save_model(model, tokenizer, path: str | Path) -> Path:
     """Write safetensors weights, config and tokenizer files to ``path``."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
+    # save_pretrained asks accelerate to unwrap the model, which imports DeepSpeed when installed: its
+    # "Setting accelerator to CPU" warning and transformers' per-shard progress bar would print over a run's
+    # quiet console (they print through handlers of their own), and say nothing about a 12 MB model
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    logging.disable(logging.WARNING)
+    try:
+        model.save_pretrained(path, safe_serialization=True)
+    finally:
+        logging.disable(logging.NOTSET)
+        if bars:
+            hf_logging.enable_progress_bar()
     tokenizer.save_pretrained(path)
     return path
 

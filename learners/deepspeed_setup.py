@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -20,6 +23,34 @@ class Rendezvous:
     master_port: int = 29500
 
 
+log = logging.getLogger(__name__)
+
+# DeepSpeed JIT-builds its CPU shared-memory collective op on first use; torch guards the build with a lock file
+# that a process killed mid-build leaves behind, and every later build then waits on it forever. A build takes
+# about a minute: a lock this old belongs to no live build.
+STALE_BUILD_LOCK_S = 600.0
+
+
+def remove_stale_build_locks(extensions_dir: Path | None = None, max_age_s: float = STALE_BUILD_LOCK_S) -> list[Path]:
+    """Delete the lock files of torch C++ extension builds (``<dir>/<op>/lock``) older than ``max_age_s``;
+    returns what was removed. ``extensions_dir``: torch's default (``TORCH_EXTENSIONS_DIR``, else its cache)."""
+    if extensions_dir is None:
+        from torch.utils.cpp_extension import get_default_build_root
+
+        extensions_dir = Path(get_default_build_root())
+    removed = []
+    for lock in Path(extensions_dir).glob("*/*/lock"):
+        try:
+            if time.time() - lock.stat().st_mtime > max_age_s:
+                lock.unlink()
+                removed.append(lock)
+        except FileNotFoundError:  # a live build finished meanwhile
+            continue
+    for lock in removed:
+        log.warning("removed a stale extension build lock left by a killed process: %s", lock)
+    return removed
+
+
 def use_cuda() -> bool:
     """GPU learners when CUDA is present; otherwise DeepSpeed's CPU accelerator and gloo."""
     return torch.cuda.is_available()
@@ -30,6 +61,7 @@ def init_process_group(rdv: Rendezvous) -> None:
     if not use_cuda():
         # must precede the first deepspeed import: the accelerator is chosen at import time
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        remove_stale_build_locks()
     os.environ.update(
         MASTER_ADDR=rdv.master_addr,
         MASTER_PORT=str(rdv.master_port),

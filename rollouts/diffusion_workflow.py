@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import zlib
 
@@ -36,7 +35,7 @@ class DiffusionWorkflow:
         began = time.perf_counter()
         chains = await engine.sample(sample.prompt, self.n, 0 if seed is None else seed)
         sampled = time.perf_counter()
-        outcomes = await asyncio.gather(*(self.rewards.score(c.image, sample) for c in chains))
+        outcomes = await self.rewards.score_many([c.image for c in chains], sample)
         trajectories = tuple(ChainTrajectory(sample.prompt, c.latents, c.timesteps, c.logprobs, c.versions, o.value)
                              for c, o in zip(chains, outcomes))
         timing = {"engine_seconds": sampled - began, "reward_seconds": time.perf_counter() - sampled}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import math
 import random
@@ -67,7 +66,7 @@ class SingleTurnWorkflow:
         began = time.perf_counter()
         completions = await engine.generate(prompt_ids, self.sampling_for_group(seed), self.n)
         generated = time.perf_counter()
-        outcomes = await asyncio.gather(*(self.rewards.score(c.text, sample) for c in completions))
+        outcomes = await self.rewards.score_many([c.text for c in completions], sample)
         trajectories = tuple(
             Trajectory(tuple(prompt_ids), c.token_ids, c.logprobs, c.versions, o.value, c.text, c.finish_reason)
             for c, o in zip(completions, outcomes)

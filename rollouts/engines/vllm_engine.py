@@ -28,6 +28,7 @@ from rollouts.engines.vllm_worker_ext import TiedHeadReloadExtension
 _VLLM_INITIAL_LABEL = "default"
 _INITIAL_VERSION = 0
 _GIB = 1 << 30
+CPU_SHUTDOWN_GRACE_S = 1.0  # between SIGTERM and SIGKILL of a CPU engine core (see close)
 _VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
 
 
@@ -342,5 +343,8 @@ class VLLMEngine(Engine):
         for adapter in self._adapters.loaded() if self._adapters else ():
             shutil.rmtree(adapter.path, ignore_errors=True)
         if llm is not None:
-            # Shut down while the interpreter is intact: AsyncLLM.__del__ at exit fails noisily.
-            llm.shutdown()
+            # Shut down while the interpreter is intact: AsyncLLM.__del__ at exit fails noisily. The CPU engine
+            # core stops serving at once but then sits in the interpreter's exit-time garbage collection past
+            # vLLM's 5 s grace before it is killed anyway, which every engine close (each run's end, every
+            # replacement) paid; with no device memory to release, a 1 s grace loses nothing.
+            llm.shutdown(timeout=None if torch.cuda.is_available() else CPU_SHUTDOWN_GRACE_S)

@@ -50,16 +50,24 @@ def ray_head(tmp_path_factory):
         env.pop(var, None)
     subprocess.run(args, check=True, env=env, capture_output=True, timeout=120)
     yield f"http://127.0.0.1:{ports['--dashboard-port']}", str(token_file)
-    # stop only this cluster: every process started under its temp dir (`ray stop` would stop all of them)
+    # stop only this cluster: every process started under its temp dir (`ray stop` would stop all of them);
+    # up to 5 s for each signal, polled: most of them are gone within a second of SIGTERM
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        out = subprocess.run(["pgrep", "-f", temp_dir], capture_output=True, text=True).stdout.split()
-        for pid in map(int, out):
+        for pid in cluster_processes(temp_dir):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        time.sleep(5)
+        deadline = time.monotonic() + 5
+        while cluster_processes(temp_dir) and time.monotonic() < deadline:
+            time.sleep(0.2)
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def cluster_processes(temp_dir: str) -> list[int]:
+    """Pids of the processes whose command line names ``temp_dir`` (this test's Ray head and its workers)."""
+    out = subprocess.run(["pgrep", "-f", temp_dir], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in out]
 
 
 def run_cli(capsys, *argv) -> str:

@@ -95,7 +95,7 @@ def assert_every_prompt_counted(summary: dict, steps: int, batch: int) -> None:
 
 def test_killed_rollout_actors_are_replaced_and_their_prompts_requeued_once(ray_session, tmp_path):
     random.seed(7)
-    steps, batch = 20, 4
+    steps, batch = 10, 4  # enough for both replacements to be asked for and one to serve the last steps
     # every version synced: the gate then keeps groups in flight on both workers (with engines a version
     # behind it can hold generation back until the next version lands, and the kills would find them idle)
     thread, result = start_training(["experiment=ci_tiny", f"out_dir={tmp_path}", f"total_steps={steps}",
@@ -145,7 +145,28 @@ def session_processes(sid: int) -> dict[int, str]:
 
 def test_a_driver_stopped_mid_run_leaves_nothing_running_and_resumes_to_the_same_weights(ray_session, tmp_path):
     uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
-    # the interrupted run is its own process with its own embedded Ray, stopped as kill, scancel and Kubernetes do
+    # the uninterrupted reference trains on the session's Ray meanwhile: a deterministic run's weights do not
+    # depend on its timing, so sharing the machine with the other runs changes nothing it is compared on
+    reference = start_training([*DETERMINISTIC, f"out_dir={uninterrupted}"])
+    try:
+        killed_at = stop_a_run_mid_way(interrupted)
+        thread, result = start_training([*DETERMINISTIC, f"out_dir={interrupted}", "checkpoint.resume=true"])
+        resumed = finished(thread, result, 900)
+    finally:  # the reference run ends before the next test starts, whatever happened here
+        reference[0].join(900)
+    straight = finished(*reference, 0)
+
+    assert resumed["steps"] == straight["steps"] == STEPS
+    assert final_weights_digest(interrupted) == final_weights_digest(uninterrupted)
+    rows = [json.loads(line) for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
+    assert [r["staleness/version"] for r in rows if "learner/loss" in r][-(STEPS - killed_at):] == \
+        [float(v) for v in range(killed_at + 1, STEPS + 1)]
+
+
+def stop_a_run_mid_way(interrupted: Path) -> int:
+    """Start a deterministic run in its own process with its own embedded Ray, stop it with SIGTERM (as kill,
+    scancel and Kubernetes do) once its third checkpoint is written, check that it stopped cleanly and named
+    the checkpoint to resume from; returns the step of its newest checkpoint."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "train", *DETERMINISTIC, f"out_dir={interrupted}"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -173,17 +194,7 @@ def test_a_driver_stopped_mid_run_leaves_nothing_running_and_resumes_to_the_same
     # steps after the kill train first on the saved buffer (up to max_staleness = 2 batches), then on
     # rollouts generated after the resume: both must match the uninterrupted run
     assert 3 <= killed_at <= STEPS - 3
-
-    thread, result = start_training([*DETERMINISTIC, f"out_dir={interrupted}", "checkpoint.resume=true"])
-    resumed = finished(thread, result, 900)
-    thread, result = start_training([*DETERMINISTIC, f"out_dir={uninterrupted}"])
-    straight = finished(thread, result, 900)
-
-    assert resumed["steps"] == straight["steps"] == STEPS
-    assert final_weights_digest(interrupted) == final_weights_digest(uninterrupted)
-    rows = [json.loads(line) for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
-    assert [r["staleness/version"] for r in rows if "learner/loss" in r][-(STEPS - killed_at):] == \
-        [float(v) for v in range(killed_at + 1, STEPS + 1)]
+    return killed_at
 
 
 def test_a_learner_failure_beyond_the_restart_budget_stops_the_run_with_the_setting_named(ray_session, tmp_path):

@@ -71,6 +71,16 @@ def test_a_hung_reward_is_killed_at_its_deadline_and_its_pool_goes_on(hostile):
     assert [asyncio.run(hostile.score(c, SAMPLE)) for c in ("0", "1")] == [RewardOutcome(1.0), RewardOutcome(0.0)]
 
 
+def test_a_group_scored_in_chunks_keeps_order_and_a_hung_output_fails_alone(hostile):
+    # two processes, chunks of 3: the hang is mid-chunk, so what follows it in that chunk goes to a fresh process
+    replaced = hostile.replaced
+    outputs = ["0", "hang", "1", "0", "1", "0"]
+    outcomes = asyncio.run(hostile.score_many(outputs, SAMPLE))
+    assert [o.status for o in outcomes] == ["ok", "timeout", "ok", "ok", "ok", "ok"]
+    assert [o.value for o in outcomes if o.status == "ok"] == [1.0, 0.0, 1.0, 0.0, 1.0]
+    assert hostile.replaced == replaced + 1
+
+
 def test_a_reward_beyond_the_memory_limit_fails_as_memory_and_its_pool_goes_on(hostile):
     outcome = asyncio.run(hostile.score("hog", SAMPLE))
     assert outcome.status == "memory" and "task.reward_memory_mb=1024" in outcome.detail
