@@ -1,6 +1,6 @@
 """Agents with tools against the single-turn model, from the same warm-start budget and equal RL steps.
 
-    python bench/agent.py                        # 3 seeds x 2 arms, ~20-30 min on 2 cores
+    python bench/agent.py                        # 3 seeds x 2 arms, ~40 min on 2 cores
     python bench/agent.py --seeds 0 --steps 10   # a quick look
 
 Task: 3-digit x 2-digit multiplication (the calc_tiny preset), which the tiny character model cannot do in
@@ -46,12 +46,13 @@ def warm_start(arm: str, seed: int, steps: int, root: Path) -> Path:
 
 
 def run_arm(arm: str, seed: int, model: Path, args, out: Path) -> dict:
-    # a single-turn model that never gets a product right has only zero-variance groups, which the default
-    # filter would refuse until the run stalls: both arms train on every group (those groups add no gradient)
     overrides = ["experiment=calc_tiny", f"model_path={model}", f"seed={seed}", f"task.seed={seed}",
-                 f"total_steps={args.steps}", f"eval_every={args.steps}", "algo.filter_zero_variance=false"]
+                 f"total_steps={args.steps}", f"eval_every={args.steps}"]
     if arm == "single":
-        overrides += ["env.type=none", "rollout.max_new_tokens=8"]
+        # A model that never gets a product right has only zero-variance groups: GRPO gives them no gradient
+        # either way, and the preset's filter would refuse them until the run stalls, so this arm keeps them.
+        # The agent arm runs as the preset does (filtered: its batches hold the groups that teach something).
+        overrides += ["env.type=none", "rollout.max_new_tokens=8", "algo.filter_zero_variance=false"]
     began = time.perf_counter()
     _, summary, rows = train_and_read(overrides, out / f"{arm}-seed{seed}")
     evals = [r["eval/accuracy"] for r in rows if "eval/accuracy" in r]
@@ -129,7 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--warm-steps", type=int, default=60, help="supervised steps of both warm starts")
-    parser.add_argument("--steps", type=int, default=30, help="RL steps of both arms")
+    parser.add_argument("--steps", type=int, default=40, help="RL steps of both arms (the preset's 40)")
     parser.add_argument("--sandbox-calls", type=int, default=40)
     parser.add_argument("--out", default="agent", help="results stem under bench/results")
     args = parser.parse_args()
