@@ -1,6 +1,6 @@
 """Agents with tools against the single-turn model, from the same warm-start budget and equal RL steps.
 
-    python bench/agent.py                        # 3 seeds x 2 arms, ~40 min on 2 cores
+    python bench/agent.py                        # 3 seeds x 2 arms, ~22 min on 2 quiet cores
     python bench/agent.py --seeds 0 --steps 10   # a quick look
 
 Task: 3-digit x 2-digit multiplication (the calc_tiny preset), which the tiny character model cannot do in
