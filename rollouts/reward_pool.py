@@ -7,8 +7,9 @@ persistent processes, each started once and scoring many calls:
 
 - started with ``spawn``: forking a process that runs threads (a Ray actor with an engine) is unsafe;
 - each under an address-space limit (``RLIMIT_AS``, ``task.reward_memory_mb``);
-- a call past ``timeout_s`` (``task.reward_timeout_s``, counted from when its process receives it) kills that
-  process, which is replaced; a process that dies is replaced too;
+- an output scored past ``timeout_s`` (``task.reward_timeout_s``, counted from when its process is sent it, or
+  for the later outputs of one message from the previous outcome) kills that process, which is replaced, and
+  the rest of the message goes to the replacement; a process that dies is replaced too;
 - calls wait on their process from the pool's own threads (one per process), never from the default executor,
   so ``asyncio.to_thread`` work (engines, weight loads) never queues behind a reward.
 
