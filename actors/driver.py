@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from pathlib import Path
@@ -30,8 +31,10 @@ from actors.step_metrics import StepMetrics
 from areal.balancer import StepObservation, ThroughputBalancer
 from areal.config import TrainConfig
 from areal.controller import ACCEPTED, RolloutController, stall_message
+from areal.evaluation import summarize, write_generations
 from areal.fingerprint import run_fingerprint
 from areal.staleness import StalenessGate
+from areal.types import Trajectory
 from rollouts.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,17 @@ CONTROLLER_FILE = "controller.json"  # beside the learner state in every checkpo
 def evaluation_due(version: int, cfg: TrainConfig) -> bool:
     """Whether a held-out evaluation follows the update to ``version`` (the last one has its own)."""
     return cfg.eval_every > 0 and version % cfg.eval_every == 0 and version < cfg.total_steps
+
+
+def held_out_line(name: str, summary: dict[str, float], k: int) -> str:
+    """One set's result as the console shows it: "accuracy 0.620 (pass@4 0.810, 3 failed)"."""
+    main = "accuracy" if "accuracy" in summary else "reward"
+    text = f"{main} {summary[main]:.3f}"
+    extra = [f"pass@{k} {summary[f'pass@{k}']:.3f}"] if k and f"pass@{k}" in summary else []
+    if summary.get("failures"):
+        extra.append(f"{int(summary['failures'])} failed")
+    text += f" ({', '.join(extra)})" if extra else ""
+    return text if name == "eval" else f"{name}: {text}"
 
 
 def publish_due(version: int, last_sent: int, cfg: TrainConfig) -> bool:
@@ -81,7 +95,8 @@ class Driver:
         # held-out score: greedy accuracy of text, reward of fixed-seed images
         self.eval_key = "eval/reward" if cfg.is_diffusion else "eval/accuracy"
         self.model_path, self.use_gpu = model_path, use_gpu
-        self.fingerprint = run_fingerprint(cfg, task.train, model_path)  # what its checkpoints depend on
+        self.fingerprint = run_fingerprint(cfg, task.digest(), model_path)  # what its checkpoints depend on
+        self.eval_plan = cfg.task.eval_plan()  # samples per prompt of each held-out set
         self.out_dir = Path(cfg.out_dir)
         self.deterministic = cfg.controller.deterministic
         self.tag = f"areal-{uuid.uuid4().hex[:8]}"
@@ -207,6 +222,7 @@ class Driver:
                 self.metrics.record("rollout/queue_seconds", max(0.0, latency - engine - reward))
             for key, value in group.info.get("episode_stats", {}).items():  # multi-turn episodes' shape
                 self.metrics.record(f"agent/{key}", value)
+            self.record_shape(group)
             outcome = self.controller.on_group(pending.ticket, group)
             self.metrics.record("rollout/generated", group.num_actions)
             self.metrics.record("rollout/samples", len(group.trajectories))
@@ -220,6 +236,20 @@ class Driver:
                             group.info.get("reward_failure_example"))
             if outcome == ACCEPTED:
                 self.metrics.record("rollout/reward", *group.rewards)
+
+    def record_shape(self, group) -> None:
+        """What a reasoning run watches, for every generated group: completion and prompt lengths, completions
+        cut by the token budget, and each reward function's values and failures."""
+        texts = [t for t in group.trajectories if isinstance(t, Trajectory)]
+        if texts:
+            self.metrics.record("rollout/completion_tokens", *[len(t.output_ids) for t in texts])
+            self.metrics.record("rollout/truncated", *[float(t.finish_reason == "length") for t in texts])
+            self.metrics.record("rollout/prompt_tokens", len(texts[0].prompt_ids))
+        for name, values in group.info.get("reward_components", {}).items():
+            self.metrics.record(f"reward/{name}", *[v for v in values if v is not None and not math.isnan(v)])
+            self.metrics.record(f"reward/{name}_failures", sum(v is not None and math.isnan(v) for v in values))
+        for name, values in group.info.get("reward_logged", {}).items():  # what TRL-style functions log_metric
+            self.metrics.record(f"reward/{name}", *values)
 
     def check_progress(self) -> None:
         """Stop a run that generates without accepting anything, saying why (it would never end)."""
@@ -410,26 +440,37 @@ class Driver:
 
     # -- evaluation and metrics -------------------------------------------------------------------
     def evaluate(self) -> tuple[dict[str, float], list]:
-        """({eval_key: mean held-out score, "eval/failures": count, "eval/seconds"}, the outputs in eval order),
-        split across rollout workers; images are also saved as a grid, RUN_DIR/samples/step-N.png. A held-out
-        reward that failed is no score: the mean is over the others (NaN if none), and the failures are counted."""
+        """Every held-out set under the engines' weights (split across rollout workers): its metrics under
+        eval/ (the default set) or eval/<name>/ (``areal.evaluation.summarize``), its generations written to
+        RUN_DIR/generations/<set>/step-N.jsonl, images also as a grid, RUN_DIR/samples/step-N.png. Returns
+        (metrics, the default set's outputs in order). A held-out reward that failed is no score: the means
+        are over the others (NaN if none), and the failures are counted."""
         started = time.monotonic()  # the engines run self.published: an evaluation step's publish waits
-        results = self.fleet.evaluate(list(self.task.eval), self.payload, self.published)
-        outputs = [output for _, output in results]
+        metrics, outputs, lines = {}, [], []
+        threshold = None if self.cfg.is_diffusion else self.cfg.task.correct_threshold
+        for name, samples in self.task.eval_sets.items():
+            k = self.eval_plan.get(name, 0)
+            records = self.fleet.evaluate(list(samples), name, k, self.payload, self.published)
+            summary = summarize(records, threshold, k)
+            prefix = "eval" if name == "eval" else f"eval/{name}"
+            metrics.update({f"{prefix}/{key}": value for key, value in summary.items()})
+            write_generations(self.out_dir / "generations" / name / f"step-{self.published:06d}.jsonl",
+                              self.published, name, records, threshold)
+            failed = [r.greedy for r in records if not r.greedy.ok]
+            if failed:
+                log.warning("held-out set %s: %d of %d rewards failed (left out of its metrics), e.g. %s: %s", name,
+                            len(failed), len(records), failed[0].status, failed[0].detail)
+            lines.append(held_out_line(name, summary, k))
+            if name == "eval":
+                outputs = [r.greedy.output for r in records]
         if outputs and isinstance(outputs[0], np.ndarray):
             from rollouts.image_grid import save_grid
 
             save_grid(outputs, self.out_dir / "samples" / f"step-{self.published:06d}.png")
-        scores = [outcome.value for outcome, _ in results if outcome.ok]
-        failed = [outcome for outcome, _ in results if not outcome.ok]
-        if failed:
-            log.warning("held-out rewards: %d of %d failed (not in %s), e.g. %s: %s", len(failed), len(results),
-                        self.eval_key, failed[0].status, failed[0].detail)
-        score = sum(scores) / len(scores) if scores else float("nan")
-        log.info("step %d: held-out %s %.3f", self.version, self.eval_key, score, extra=MILESTONE)
+        log.info("step %d: held-out %s", self.version, "; ".join(lines), extra=MILESTONE)
         # eval/seconds: so a training clock can leave evaluation out (bench/vs_trl.py)
-        return {self.eval_key: score, "eval/failures": float(len(failed)),
-                "eval/seconds": time.monotonic() - started}, outputs
+        metrics["eval/seconds"] = time.monotonic() - started
+        return metrics, outputs
 
     def emit(self, step: int, metrics: dict[str, float]) -> None:
         self.history.append({"step": step, **metrics})

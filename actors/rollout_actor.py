@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import ray
 
@@ -11,6 +10,7 @@ from actors.process_env import worker_env
 from actors.weight_fetch import bucket_fetcher
 from actors.weight_transport import run_transport
 from areal.config import TrainConfig
+from areal.evaluation import EvalRecord
 from areal.types import TrajectoryGroup
 from areal.weight_sync import NativeOffer, WeightManifest
 from rollouts.tasks.base import TaskSample
@@ -62,8 +62,8 @@ class RolloutActor:
     async def run_group(self, sample: TaskSample, submit_version: int, seed: int) -> TrajectoryGroup:
         return await self.worker.run_group(sample, submit_version, seed)
 
-    async def evaluate(self, samples: list[TaskSample]) -> list[tuple[float, Any]]:
-        return await self.worker.evaluate(samples)
+    async def evaluate(self, samples: list[TaskSample], suite: str, k: int) -> list[EvalRecord]:
+        return await self.worker.evaluate(samples, suite, k)
 
     async def load_weights(self, weights: dict[str, bytes] | WeightManifest | NativeOffer, version: int) -> float:
         if isinstance(weights, NativeOffer):

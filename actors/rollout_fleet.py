@@ -236,16 +236,16 @@ class RolloutFleet:
                 requeue += self.fail(worker, f"load_weights(version {publication.version}) raised: {exc}")
         return seconds, requeue
 
-    def evaluate(self, samples: list[TaskSample], payload: ray.ObjectRef, version: int) -> list:
-        """Per-sample results of ``evaluate`` split across serving workers; retried on replacements if a
-        worker fails (rollout.max_restarts bounds it)."""
+    def evaluate(self, samples: list[TaskSample], suite: str, k: int, payload: ray.ObjectRef, version: int) -> list:
+        """Per-sample records of ``evaluate`` (the held-out set ``suite``, ``k`` samples per prompt) split across
+        serving workers; retried on replacements if a worker fails (rollout.max_restarts bounds it)."""
         while True:
             if not self.pool.serving:
                 self.poll_starting(payload, version, block=True)
                 continue
             workers = self.serving()
             shards = [samples[i::len(workers)] for i in range(len(workers))]
-            calls = [(w, s, self.actors[w].evaluate.remote(s)) for w, s in zip(workers, shards) if s]
+            calls = [(w, s, self.actors[w].evaluate.remote(s, suite, k)) for w, s in zip(workers, shards) if s]
             try:
                 parts = wait_all([ref for _, _, ref in calls], self.cfg.rollout.generate_timeout_s, "evaluate",
                                  "rollout.generate_timeout_s", [self.name(w) for w, _, _ in calls])

@@ -16,6 +16,28 @@ from pathlib import Path
 from areal.timeline import BusyTracker
 
 
+def shape_metrics(w: dict[str, list[float]]) -> dict[str, float]:
+    """Completion lengths (mean, p95, max), the fraction cut by the token budget, prompt length, and each
+    reward function's mean (reward/<name>) and failures (reward/<name>_failures) over the window."""
+    out = {}
+    lengths = sorted(w.get("rollout/completion_tokens", []))
+    if lengths:
+        out["rollout/completion_tokens_mean"] = sum(lengths) / len(lengths)
+        out["rollout/completion_tokens_p95"] = float(lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))])
+        out["rollout/completion_tokens_max"] = float(lengths[-1])
+    for key, name in (("rollout/truncated", "rollout/truncated_fraction"),
+                      ("rollout/prompt_tokens", "rollout/prompt_tokens_mean")):
+        if w.get(key):
+            out[name] = sum(w[key]) / len(w[key])
+    for key in [k for k in w if k.startswith("reward/")]:
+        values = w[key]
+        if key.endswith("_failures"):
+            out[key] = float(sum(values))
+        elif values:
+            out[key] = sum(values) / len(values)
+    return out
+
+
 class StepMetrics:
     """The current step's observations, and the timeline file."""
 
@@ -58,6 +80,7 @@ class StepMetrics:
                 metrics[f"{key}_mean"] = sum(w[key]) / len(w[key])
         for key in [k for k in w if k.startswith("agent/")]:  # means over the window's groups
             metrics[f"{key}_mean"] = sum(w[key]) / len(w[key])
+        metrics.update(shape_metrics(w))
         stale = w.get("staleness/trained", [])
         if stale:
             metrics["staleness/mean"] = sum(stale) / len(stale)

@@ -29,12 +29,14 @@ def model_digest(model_path: str | Path) -> str:
     return "unknown"
 
 
-def run_fingerprint(cfg: TrainConfig, train_samples, model_path: str | Path) -> dict:
-    """{config key or input: value or digest} that a checkpoint of this run records (manifest meta)."""
+def run_fingerprint(cfg: TrainConfig, dataset_digest: str, model_path: str | Path) -> dict:
+    """{config key or input: value or digest} that a checkpoint of this run records (manifest meta);
+    ``dataset_digest``: the task's digest of its training prompts (``Task.digest``: a dataset's file bytes, the
+    rows kept and how they become prompts)."""
     return {
         "task.type": cfg.task.type,
         "task.seed": cfg.task.seed,
-        "dataset": digest([[s.id, s.prompt, s.reference] for s in train_samples]),
+        "dataset": dataset_digest,
         "seed": cfg.seed,
         "batch_size": cfg.batch_size,
         "rollout.samples_per_prompt": cfg.rollout.samples_per_prompt,

@@ -97,7 +97,7 @@ def bench_path(adapters: bool, learner, path: Path, workload, args, tmp: Path) -
         engine = VLLMEngine(EngineConfig(kv_cache_gb=0.5, max_model_len=256, max_num_seqs=64), str(path),
                             lora_rank=RANK if adapters else 0, max_loras=2)
         started = time.perf_counter() - began
-        worker = RolloutWorker(engine, workflow=None, task=None, weights_root=tmp / f"rollout-{adapters}")
+        worker = RolloutWorker(engine, workflow=None, weights_root=tmp / f"rollout-{adapters}")
         syncs, exports, nbytes = [], [], 0
         try:
             await generate(engine, workload[:2], 2, 4)  # warm-up

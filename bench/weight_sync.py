@@ -154,7 +154,7 @@ class Bench:
         self.engine = self.loop.run_until_complete(self._start(cfg, model_dir))
         self.loop.run_until_complete(self.engine.generate([5, 6, 7], self.greedy()))
         self.engine_start_seconds = time.perf_counter() - started
-        self.worker = RolloutWorker(self.engine, None, None, staging)
+        self.worker = RolloutWorker(self.engine, None, staging)
         self.sampler = MemorySampler({"driver": os.getpid(), "engine": engine_core_pid()},
                                      [self.exporter.dir.path, staging])
 

@@ -21,6 +21,9 @@ def cmd_train(args) -> int:
     from launch.run_dir import RunDirError
     from launch.train import RunInterrupted, train
     from learners.checkpoint import CheckpointError
+    from rollouts.data.columns import DatasetRowError
+    from rollouts.data.sources import DatasetSourceError
+    from rollouts.rewards.suite import RewardConfigError
 
     try:
         cfg, resolved = load_config(args.overrides)
@@ -34,13 +37,57 @@ def cmd_train(args) -> int:
     except RunInterrupted as exc:
         print(f"\n{exc}: {exc.resume_hint}", file=sys.stderr)
         return 130
-    except (RunDirError, CheckpointError) as exc:  # the run cannot start here: one line saying why
-        print(f"areal train: {exc}", file=sys.stderr)
+    except (RunDirError, CheckpointError, DatasetRowError, DatasetSourceError, RewardConfigError) as exc:
+        print(f"areal train: {exc}", file=sys.stderr)  # the run cannot start here: one line saying why
         return 2
     first, last = summary["initial_eval"], summary["final_eval"]
     print(f"\nheld-out {summary['eval_metric'].split('/')[-1]}: {first:.3f} -> {last:.3f} ({last - first:+.3f}) after "
           f"{summary['steps']} steps in {summary['seconds']:.0f}s; checkpoint: {summary['checkpoint']}")
     print(f"plots and a report page: areal report {cfg.out_dir}")
+    return 0
+
+
+EVAL_HELP = """Evaluate a model on the held-out sets without training: greedy accuracy, pass@k and mean@k
+(task.eval_k), completion length and truncation per set, and what the model wrote.
+
+MODEL_OR_CHECKPOINT: a Hugging Face model folder, a run's checkpoint (RUN/checkpoints/step-N), or a run
+directory (its newest checkpoint, with the run's own config). Overrides as for `areal train`, e.g.:
+  areal eval runs/my_run task.eval_k=8
+  areal eval ~/models/qwen experiment=smollm2_reasoning
+Outputs go to out_dir (default runs/eval-DATE-TIME): metrics.json and generations/<set>/step-N.jsonl.
+"""
+
+
+def cmd_eval(args) -> int:
+    from launch.config_loader import ConfigError
+    from launch.console import close_console, setup_console
+    from launch.evaluate import eval_config, evaluate
+    from launch.run_dir import RunDirError, prepare_run_dir
+    from learners.checkpoint import CheckpointError
+    from rollouts.data.columns import DatasetRowError
+    from rollouts.data.sources import DatasetSourceError
+    from rollouts.rewards.suite import RewardConfigError
+
+    try:
+        cfg, resolved, step = eval_config(args.model, args.overrides)
+        out = prepare_run_dir(cfg, resumable=False)
+    except (ConfigError, FileNotFoundError, CheckpointError, RunDirError) as exc:
+        print(f"areal eval: {exc}", file=sys.stderr)
+        return 2
+    (out / "config.yaml").write_text(resolved)
+    import ray  # noqa: F401  (before the console: importing ray installs Ray's own log handler)
+
+    setup_console(out, cfg.logging.verbose, holds="config.yaml, metrics.json, generations/")
+    try:
+        metrics = evaluate(cfg, step)
+    except (DatasetRowError, DatasetSourceError, RewardConfigError) as exc:
+        print(f"areal eval: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        close_console()
+    main = "eval/reward" if cfg.is_diffusion else "eval/accuracy"
+    print(f"\nheld-out {main.split('/')[-1]}: {metrics[main]:.3f}; metrics: {out / 'metrics.json'}; what the model "
+          f"wrote: {out / 'generations'}")
     return 0
 
 
@@ -153,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("overrides", nargs="*", help="key=value config overrides")
     train.set_defaults(func=cmd_train)
+    evaluation = sub.add_parser("eval", help="evaluate a model or checkpoint on the held-out sets",
+                                description=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluation.add_argument("model", help="a Hugging Face model folder, a checkpoint step-N directory or a run "
+                                          "directory")
+    evaluation.add_argument("overrides", nargs="*", help="key=value config overrides")
+    evaluation.set_defaults(func=cmd_eval)
     submit = sub.add_parser("submit", help="run an RL job on a Ray cluster (Ray Jobs API)", description=SUBMIT_HELP,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     submit.add_argument("overrides", nargs="*", help="key=value config overrides, as for `areal train`")
@@ -212,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     boot.add_argument("--seed", type=int, default=0)
     boot.set_defaults(func=cmd_bootstrap)
     args = parser.parse_args(argv)
-    if args.func is not cmd_train:  # a run sets up its own console and log file (launch/console.py)
+    if args.func not in (cmd_train, cmd_eval):  # a run sets up its own console and log file (launch/console.py)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.func in (cmd_submit, cmd_status, cmd_logs, cmd_stop):
         try:

@@ -29,9 +29,15 @@ def register_schemas() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
-def load_config(overrides: list[str], config_name: str = "train") -> tuple[TrainConfig, str]:
-    """(validated TrainConfig, resolved YAML) for Hydra-style ``key=value`` overrides."""
+def load_config(overrides: list[str], config_name: str = "train", base: Path | None = None) -> tuple[TrainConfig, str]:
+    """(validated TrainConfig, resolved YAML) for Hydra-style ``key=value`` overrides; ``base``: a run's resolved
+    config.yaml to start from instead of configs/ (``areal eval`` of a checkpoint)."""
     register_schemas()
+    if base is not None:
+        # the run's values over the schema, stored as a config of its own: overrides then apply as to any other
+        node = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(base))
+        ConfigStore.instance().store(name="areal_run_config", node=node)
+        config_name = "areal_run_config"
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             composed = compose(config_name=config_name, overrides=list(overrides))

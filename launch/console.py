@@ -176,15 +176,17 @@ def route_transformers(through_root: bool) -> None:
         hf_logging.disable_propagation()
 
 
-def setup_console(run_dir: str | Path, verbose: bool) -> RunConsole:
+def setup_console(run_dir: str | Path, verbose: bool,
+                  holds: str = "config.yaml, metrics.jsonl, checkpoints/") -> RunConsole:
     """Route this process's logging for a run in ``run_dir`` (replacing an earlier run's set-up) and say on the
-    console where the full log is. Import ray before calling it: importing ray installs Ray's own handler."""
+    console where the full log is (and what else the directory ``holds``). Import ray before calling it:
+    importing ray installs Ray's own handler."""
     global _active
     if _active is not None:
         _active.close()
     _active = RunConsole(Path(run_dir), verbose)
     log = logging.getLogger(__name__)
-    log.info("run directory %s: config.yaml, metrics.jsonl, checkpoints/", run_dir, extra=MILESTONE)
+    log.info("run directory %s: %s", run_dir, holds, extra=MILESTONE)
     if not verbose:
         log.info("full log: %s (the console shows milestones only; logging.verbose=true shows everything)",
                  _active.log_path, extra=MILESTONE)

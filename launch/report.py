@@ -14,7 +14,9 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-PLOTS = ("reward", "staleness", "throughput", "step_time", "timeline", "weight_sync", "loss")
+PLOTS = ("reward", "held_out", "rewards", "lengths", "staleness", "throughput", "step_time", "timeline", "weight_sync",
+         "loss")
+GENERATIONS_SHOWN = 4  # held-out generations per set on the page (RUN_DIR/generations/ has them all)
 # where one step's time goes (docs/performance.md): the learner's update and what separates two updates, and the
 # rollout side's latency split into engine, reward and waiting
 STEP_TIME = ("learner/step_seconds", "learner/forward_backward_seconds", "learner/proximal_seconds",
@@ -126,6 +128,15 @@ def plot_all(rows: list[dict], timeline: list[dict], out: Path, x: str = "step")
         "loss": ("Loss statistics", "value", ["learner/loss", "learner/clip_fraction", "learner/approx_kl",
                                                 "learner/grad_norm", "learner/behavior_weight_mean"]),
     }
+    keys_seen = sorted({k for r in rows for k in r})
+    specs["held_out"] = ("Held-out sets: accuracy, pass@k, mean@k", "fraction",
+                         [k for k in keys_seen if k.startswith("eval/") and k.rsplit("/", 1)[-1].startswith(
+                             ("accuracy", "pass@", "mean@"))])
+    specs["rewards"] = ("Reward functions (training samples)", "mean value",
+                        [k for k in keys_seen if k.startswith("reward/") and not k.endswith("_failures")])
+    specs["lengths"] = ("Completion length (tokens) and truncation", "tokens",
+                        ["rollout/completion_tokens_mean", "rollout/completion_tokens_p95",
+                         "rollout/completion_tokens_max", "rollout/prompt_tokens_mean"])
     for name, (title, ylabel, keys) in specs.items():
         fig, ax = _figure(plt, title, ylabel, X_AXES[x][1])
         if name == "loss":
@@ -197,14 +208,42 @@ def write_html(run_dir: Path, out: Path, rows: list[dict], drawn: dict[str, list
         data = base64.b64encode((out / f"{name}.png").read_bytes()).decode()
         parts.append(f'<h2>{name.replace("_", " ")}</h2><img alt="{name}" src="data:image/png;base64,{data}">'
                      f"<p class=series>{html.escape(', '.join(drawn.get(name, [])) or 'no data yet')}</p>")
+    parts += generations_html(run_dir)
     if (run_dir / "config.yaml").exists():
         parts.append(f"<h2>config</h2><pre>{html.escape((run_dir / 'config.yaml').read_text())}</pre>")
     page = ("<!doctype html><meta charset=utf-8><title>areal report</title><style>body{font-family:sans-serif;"
-            "max-width:900px;margin:auto} td{padding:2px 8px} .series{color:#555;font-size:small}</style>"
+            "max-width:900px;margin:auto} td{padding:2px 8px} .series{color:#555;font-size:small} "
+            "pre{white-space:pre-wrap;background:#f6f6f6;padding:4px} .gen{border-top:1px solid #ddd}</style>"
             + "\n".join(parts))
     path = out / "report.html"
     path.write_text(page)
     return path
+
+
+def latest_generations(run_dir: Path) -> dict[str, tuple[str, list[dict]]]:
+    """Per held-out set, (its newest generations file's name, its first rows)."""
+    found = {}
+    for folder in sorted(p for p in (run_dir / "generations").glob("*") if p.is_dir()):
+        files = sorted(folder.glob("step-*.jsonl"))
+        if files:
+            found[folder.name] = (files[-1].name, read_jsonl(files[-1])[:GENERATIONS_SHOWN])
+    return found
+
+
+def generations_html(run_dir: Path) -> list[str]:
+    """What the model wrote at the newest evaluation: a few held-out prompts per set, with each reward."""
+    parts = []
+    for name, (file, rows) in latest_generations(run_dir).items():
+        parts.append(f"<h2>what the model wrote: {html.escape(name)} ({html.escape(file)})</h2>")
+        for r in rows:
+            rewards = ", ".join(f"{k} {_fmt(v)}" for k, v in (r.get("rewards") or {}).items())
+            verdict = "" if "correct" not in r else (" correct" if r["correct"] else " wrong")
+            parts.append(f"<div class=gen><b>prompt</b><pre>{html.escape(str(r.get('prompt', '')))}</pre>"
+                         f"<b>completion</b>{html.escape(verdict)} (reward {_fmt(r.get('reward'))}"
+                         f"{'; ' + html.escape(rewards) if rewards else ''}; reference "
+                         f"{html.escape(str(r.get('reference', '')))})<pre>"
+                         f"{html.escape(str(r.get('completion') or r.get('failure') or ''))}</pre></div>")
+    return parts
 
 
 def _table(values: dict, caption: str) -> str:

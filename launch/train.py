@@ -146,7 +146,7 @@ def find_resume_checkpoint(cfg: TrainConfig) -> tuple[Path, dict] | None:
     return found
 
 
-def check_resume_fits(resume: tuple[Path, dict], cfg: TrainConfig, train_samples, model_path: str) -> None:
+def check_resume_fits(resume: tuple[Path, dict], cfg: TrainConfig, dataset_digest: str, model_path: str) -> None:
     """Refuse a checkpoint made from other inputs (dataset, seed, batch shape, model), naming each difference."""
     from areal.fingerprint import fingerprint_mismatch, run_fingerprint
     from learners.checkpoint import CheckpointError
@@ -156,7 +156,7 @@ def check_resume_fits(resume: tuple[Path, dict], cfg: TrainConfig, train_samples
     if saved is None:
         log.warning("%s records no fingerprint (an older version saved it): its inputs cannot be checked", path)
         return
-    differences = fingerprint_mismatch(saved, run_fingerprint(cfg, train_samples, model_path))
+    differences = fingerprint_mismatch(saved, run_fingerprint(cfg, dataset_digest, model_path))
     if differences:
         raise CheckpointError(f"{path} was saved by a run with other inputs: {'; '.join(differences)}. Resume with "
                               "the same settings, or start a new run in another out_dir")
@@ -218,20 +218,24 @@ def train(cfg: TrainConfig, resolved_yaml: str) -> dict:
     import torch
 
     from actors.driver import Driver
+    from actors.milestones import MILESTONE
     from launch.console import close_console, setup_console
     from launch.run_dir import prepare_run_dir
     from launch.sinks import make_sinks
-    from rollouts.tasks.factory import make_task
+    from rollouts.tasks.factory import check_rewards, make_task
 
+    check_rewards(cfg)  # a reward that does not resolve stops the run before its directory is made
     resume = find_resume_checkpoint(cfg)
     out_dir = prepare_run_dir(cfg, resumable=resume is not None)  # before anything is written there
     (out_dir / "config.yaml").write_text(resolved_yaml)
     setup_console(out_dir, cfg.logging.verbose)
     model_path = resolve_model(cfg)
     batcher = make_batcher(cfg, model_path)
-    task = make_task(cfg.task, model_path)
+    task = make_task(cfg, model_path)
+    for line in getattr(task, "report", []):
+        log.info("%s", line, extra=MILESTONE)
     if resume is not None:
-        check_resume_fits(resume, cfg, task.train, model_path)
+        check_resume_fits(resume, cfg, task.digest(), model_path)
     started_ray = init_ray(cfg)
     stop_on_signals()  # after ray.init, whose core replaced the SIGTERM handler
     driver = None

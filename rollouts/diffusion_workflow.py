@@ -7,11 +7,12 @@ import zlib
 
 import numpy as np
 
+from areal.evaluation import EvalRecord, EvalSample
 from areal.types import ChainTrajectory, TrajectoryGroup
 from rollouts.engines.diffusion_sampler import DiffusionSampler
 from rollouts.reward_pool import RewardPool
-from rollouts.rewards import RewardOutcome, failure_info
-from rollouts.tasks.base import Task, TaskSample
+from rollouts.rewards import failure_info
+from rollouts.tasks.base import TaskSample
 
 
 def eval_seed(sample_id: str) -> int:
@@ -26,8 +27,8 @@ class DiffusionWorkflow:
 
     action_unit = "denoising_steps"
 
-    def __init__(self, task: Task, n: int, rewards: RewardPool):
-        self.task, self.n, self.rewards = task, n, rewards
+    def __init__(self, n: int, rewards: RewardPool):
+        self.n, self.rewards = n, rewards
 
     async def run(self, engine: DiffusionSampler, sample: TaskSample, submit_version: int,
                   seed: int | None = None) -> TrajectoryGroup:
@@ -41,11 +42,14 @@ class DiffusionWorkflow:
         timing = {"engine_seconds": sampled - began, "reward_seconds": time.perf_counter() - sampled}
         return TrajectoryGroup(sample.id, trajectories, submit_version, {**failure_info(outcomes), **timing})
 
-    async def evaluate(self, engine: DiffusionSampler, sample: TaskSample) -> tuple[RewardOutcome, np.ndarray]:
-        """(reward outcome, image) of a held-out sample from its fixed seed under the current weights; a failed
-        reward is an outcome, never a score."""
+    async def evaluate(self, engine: DiffusionSampler, sample: TaskSample, suite: str = "eval",
+                       k: int = 0) -> EvalRecord:
+        """The image of a held-out sample from its fixed seed under the current weights, with its reward; a
+        failed reward is an outcome, never a score (``k`` is for text: an image has no pass@k)."""
         (chain,) = await engine.sample(sample.prompt, 1, eval_seed(sample.id))
-        return await self.rewards.score(chain.image, sample), chain.image
+        o = await self.rewards.score(chain.image, sample)
+        return EvalRecord(sample.id, sample.prompt_text, sample.reference,
+                          EvalSample(chain.image, o.value, o.status, o.detail, o.components))
 
     def close(self) -> None:
         """Stop the reward processes."""

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from areal.config import TaskConfig, TrainConfig
+from areal.config import TrainConfig
 from rollouts.reward_pool import RewardPool
-from rollouts.tasks.base import Task
 from rollouts.worker import RolloutWorker
 
 
-def make_reward_pool(task: Task, cfg: TaskConfig) -> RewardPool:
-    """The processes that score ``task``'s outputs (``task.reward_workers``, ``task.reward_timeout_s``,
-    ``task.reward_memory_mb``); the workflow that gets it closes it."""
-    return RewardPool(task.score, cfg.reward_workers, cfg.reward_timeout_s, cfg.reward_memory_mb)
+def make_reward_pool(cfg: TrainConfig, model_path: str) -> RewardPool:
+    """The processes that score the task's outputs with its rewards (``task.reward_workers``,
+    ``task.reward_timeout_s``, ``task.reward_memory_mb``); the workflow that gets it closes it."""
+    from rollouts.tasks.factory import make_reward_suites
+
+    t = cfg.task
+    return RewardPool(make_reward_suites(cfg, model_path), t.reward_workers, t.reward_timeout_s, t.reward_memory_mb)
 
 
 def make_rollout_worker(cfg: TrainConfig, model_path: str, rank: int, weights_root: str | Path,
@@ -21,16 +23,13 @@ def make_rollout_worker(cfg: TrainConfig, model_path: str, rank: int, weights_ro
     """The backend, workflow and task of rollout worker ``rank`` (heavy imports happen only for the one chosen);
     ``native_backend``: the text engine receives weights through vLLM's native transfer; ``env_pool``: where a
     multi-turn workflow's environments run (default: threads of this process, ``env.workers=0``)."""
-    from rollouts.tasks.factory import make_task
-
-    task = make_task(cfg.task, model_path)
     if cfg.is_diffusion:
         from rollouts.diffusion_workflow import DiffusionWorkflow
         from rollouts.engines.diffusion_sampler import DiffusionSampler
 
         sampler = DiffusionSampler(model_path, cfg.diffusion, device=device)
-        workflow = DiffusionWorkflow(task, cfg.rollout.samples_per_prompt, make_reward_pool(task, cfg.task))
-        return RolloutWorker(sampler, workflow, task, weights_root)
+        workflow = DiffusionWorkflow(cfg.rollout.samples_per_prompt, make_reward_pool(cfg, model_path))
+        return RolloutWorker(sampler, workflow, weights_root)
 
     from transformers import AutoTokenizer
 
@@ -63,9 +62,9 @@ def make_rollout_worker(cfg: TrainConfig, model_path: str, rank: int, weights_ro
                                             cfg.env.concurrency)
         workflow = MultiTurnWorkflow(tokenizer, sampling, cfg.rollout.samples_per_prompt, env_pool,
                                      cfg.env.max_turns, cfg.env.max_episode_tokens, prompt_format)
-        return RolloutWorker(engine, workflow, task, weights_root)
-    workflow = SingleTurnWorkflow(task, tokenizer, sampling, cfg.rollout.samples_per_prompt,
-                                  make_reward_pool(task, cfg.task),
+        return RolloutWorker(engine, workflow, weights_root)
+    workflow = SingleTurnWorkflow(tokenizer, sampling, cfg.rollout.samples_per_prompt,
+                                  make_reward_pool(cfg, model_path),
                                   length_tail=(tail, cfg.rollout.length_tail_sigma) if tail else None,
-                                  prompt_format=prompt_format)
-    return RolloutWorker(engine, workflow, task, weights_root)
+                                  prompt_format=prompt_format, total_steps=cfg.total_steps)
+    return RolloutWorker(engine, workflow, weights_root)

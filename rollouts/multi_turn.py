@@ -23,8 +23,10 @@ import dataclasses
 import math
 import random
 import time
+import zlib
 from dataclasses import dataclass, field
 
+from areal.evaluation import EvalRecord, EvalSample
 from areal.types import FAILED_REWARD, Trajectory, TrajectoryGroup
 from rollouts.engines.base import Engine, SamplingConfig
 from rollouts.envs.pool import EnvironmentFailed, EnvironmentPool
@@ -150,13 +152,21 @@ class MultiTurnWorkflow:
                 return
             episode.add_observation(observation, result.observation)
 
-    async def evaluate(self, engine: Engine, sample: TaskSample) -> tuple[RewardOutcome, str]:
-        """Greedy episode under the engine's current weights: (its reward as an outcome, its transcript)."""
+    async def evaluate(self, engine: Engine, sample: TaskSample, suite: str = "eval", k: int = 0) -> EvalRecord:
+        """The greedy episode under the engine's current weights and, with ``k``, k episodes sampled from seeds
+        of the sample's own; each scored by its environment (``suite`` is for single-turn rewards)."""
         greedy = dataclasses.replace(self.sampling, temperature=0.0, seed=None)
-        episode = await self.episode(engine, sample, greedy, lambda turn: None)
-        if episode.failure:
-            return RewardOutcome.failed("error", episode.failure), "".join(episode.texts)
-        return RewardOutcome(episode.reward), "".join(episode.texts)
+        episodes = [self.episode(engine, sample, greedy, lambda turn: None)]
+        base = zlib.crc32(sample.id.encode()) & 0x7FFFFFFF
+        episodes += [self.episode(engine, sample, self.sampling, turn_seed_of(base, i)) for i in range(k)]
+        scored = [self._eval_sample(e) for e in await asyncio.gather(*episodes)]
+        return EvalRecord(sample.id, sample.prompt_text, sample.reference, scored[0], tuple(scored[1:]))
+
+    @staticmethod
+    def _eval_sample(episode: Episode) -> EvalSample:
+        outcome = RewardOutcome.failed("error", episode.failure) if episode.failure else RewardOutcome(episode.reward)
+        return EvalSample("".join(episode.texts), outcome.value, outcome.status, outcome.detail,
+                          tokens=len(episode.output_ids), finish_reason="length" if episode.ended == "length" else "")
 
     def close(self) -> None:
         self.envs.close()

@@ -5,6 +5,10 @@ turn to answer. With ``task.chat_template=auto`` a tokenizer that carries a chat
 as a user turn (after an optional system turn) followed by the opening of the assistant's turn; tokenizers
 without one (the demo's character model) get the text as is. The ids are rendered once, here: the engine and
 the learner only ever see token ids.
+
+A dataset's prompt may already be a conversation (a tuple of ``{role, content}`` messages, system turns
+included): it is rendered as it is, after ``system_prompt`` when it has no system turn of its own. A
+conversation needs a chat template: without one the error names ``task.chat_template``.
 """
 
 from __future__ import annotations
@@ -29,18 +33,39 @@ class PromptFormat:
     def uses_chat(self, tokenizer) -> bool:
         return self.chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
 
-    def encode(self, tokenizer, text: str) -> list[int]:
-        """Token ids of the prompt ``text`` (special tokens as the model expects them)."""
+    def encode(self, tokenizer, prompt) -> list[int]:
+        """Token ids of ``prompt``, a text or a conversation (special tokens as the model expects them)."""
         if not self.uses_chat(tokenizer):
-            if self.system_prompt:
-                raise ValueError("task.system_prompt is set but the prompt is not rendered as a chat (no chat "
-                                 "template in the tokenizer, or task.chat_template=none): clear it")
-            return list(tokenizer.encode(text))
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        messages.append({"role": "user", "content": text})
-        rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+            self.check_plain(prompt)
+            return list(tokenizer.encode(prompt))
+        rendered = tokenizer.apply_chat_template(self.messages(prompt), add_generation_prompt=True, tokenize=True,
                                                  return_dict=True)
         return list(rendered["input_ids"])
+
+    def render(self, tokenizer, prompt) -> str:
+        """The text ``encode`` tokenizes: the prompt, or its conversation rendered by the chat template."""
+        if not self.uses_chat(tokenizer):
+            self.check_plain(prompt)
+            return prompt
+        return tokenizer.apply_chat_template(self.messages(prompt), add_generation_prompt=True, tokenize=False)
+
+    def messages(self, prompt) -> list[dict]:
+        """The conversation a prompt is rendered as: a text becomes a user turn; ``system_prompt`` goes first
+        unless the conversation has its own system turn."""
+        turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+        if self.system_prompt and turns[0]["role"] != "system":
+            turns.insert(0, {"role": "system", "content": self.system_prompt})
+        return turns
+
+    def check_plain(self, prompt) -> None:
+        """A prompt fed as raw text must be a text, with no system prompt to place."""
+        if not isinstance(prompt, str):
+            raise ValueError("the prompt is a chat conversation but the model's tokenizer has no chat template, or "
+                             "task.chat_template=none: use a chat model (or task.chat_template=auto), or string "
+                             "prompts (task.prompt_template)")
+        if self.system_prompt:
+            raise ValueError("task.system_prompt is set but the prompt is not rendered as a chat (no chat "
+                             "template in the tokenizer, or task.chat_template=none): clear it")
 
     def encode_observation(self, tokenizer, text: str) -> list[int]:
         """Token ids of an environment's answer appended after a policy turn of a multi-turn episode: as is for

@@ -12,16 +12,16 @@ import shutil
 import time
 from pathlib import Path
 
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, Protocol
 
+from areal.evaluation import EvalRecord
 from areal.timeline import BusyTracker
 from areal.types import TrajectoryGroup
 from areal.weight_sync import WeightManifest, WeightsUnavailable
 from rollouts.bucket_staging import FetchBucket, stage_adapter, stage_buckets, staged_feed
 from rollouts.engines.base import BucketFeed, LoraAdapter, PolicyBackend
-from rollouts.rewards import RewardOutcome
 from rollouts.weight_staging import check_room
-from rollouts.tasks.base import Task, TaskSample
+from rollouts.tasks.base import TaskSample
 
 
 class Workflow(Protocol):
@@ -32,7 +32,7 @@ class Workflow(Protocol):
     async def run(self, engine, sample: TaskSample, submit_version: int, seed: int | None = None) -> TrajectoryGroup:
         ...
 
-    async def evaluate(self, engine, sample: TaskSample) -> tuple[RewardOutcome, Any]:
+    async def evaluate(self, engine, sample: TaskSample, suite: str = "eval", k: int = 0) -> EvalRecord:
         ...
 
     def close(self) -> None:
@@ -42,8 +42,8 @@ class Workflow(Protocol):
 class RolloutWorker:
     """Runs workflows on one backend and tracks when that backend had work."""
 
-    def __init__(self, engine: PolicyBackend, workflow: Workflow, task: Task, weights_root: str | Path):
-        self.engine, self.workflow, self.task = engine, workflow, task
+    def __init__(self, engine: PolicyBackend, workflow: Workflow, weights_root: str | Path):
+        self.engine, self.workflow = engine, workflow
         self.weights_root = Path(weights_root)
         self.weights_root.mkdir(parents=True, exist_ok=True)
         self.busy = BusyTracker()
@@ -60,12 +60,13 @@ class RolloutWorker:
         self.generated_actions += group.num_actions
         return group
 
-    async def evaluate(self, samples: list[TaskSample]) -> list[tuple[RewardOutcome, Any]]:
-        """(reward outcome, output) of held-out ``samples`` under the current weights (greedy text, fixed-seed
-        images); a failed reward is an outcome the driver counts, not an exception."""
+    async def evaluate(self, samples: list[TaskSample], suite: str = "eval", k: int = 0) -> list[EvalRecord]:
+        """What the current weights make of held-out ``samples`` (greedy text and ``k`` sampled completions,
+        fixed-seed images), scored with the rewards of ``suite``; a failed reward is an outcome the driver
+        counts, not an exception."""
         self.busy.start()
         try:
-            return list(await asyncio.gather(*(self.workflow.evaluate(self.engine, s) for s in samples)))
+            return list(await asyncio.gather(*(self.workflow.evaluate(self.engine, s, suite, k) for s in samples)))
         finally:
             self.busy.end()
 

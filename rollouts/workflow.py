@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 import time
+import zlib
 
+from areal.evaluation import EvalRecord, EvalSample
 from areal.types import Trajectory, TrajectoryGroup
-from rollouts.engines.base import Engine, SamplingConfig
+from rollouts.engines.base import Completion, Engine, SamplingConfig
 from rollouts.prompt_format import PromptFormat
 from rollouts.reward_pool import RewardPool
 from rollouts.rewards import RewardOutcome, failure_info
-from rollouts.tasks.base import Task, TaskSample
+from rollouts.rewards.base import RewardInput, RewardState
+from rollouts.tasks.base import TaskSample
 
 ENCODED_PROMPTS_KEPT = 100_000  # token ids remembered per prompt text (a few MB for short prompts)
 
@@ -20,16 +24,17 @@ ENCODED_PROMPTS_KEPT = 100_000  # token ids remembered per prompt text (a few MB
 class SingleTurnWorkflow:
     """prompt -> n samples -> rewards, as one TrajectoryGroup.
 
-    ``rewards`` scores completions with the task's reward in killable processes; the workflow owns it and
+    ``rewards`` scores completions with the task's rewards in killable processes; the workflow owns it and
     closes it in ``close``. A failed reward leaves its sample with reward NaN (``Trajectory.reward_ok`` False).
     """
 
     action_unit = "tokens"
 
-    def __init__(self, task: Task, tokenizer, sampling: SamplingConfig, n: int, rewards: RewardPool,
-                 length_tail: tuple[int, float] | None = None, prompt_format: PromptFormat = PromptFormat()):
-        self.task, self.tokenizer, self.sampling, self.n = task, tokenizer, sampling, n
-        self.rewards, self.prompt_format = rewards, prompt_format
+    def __init__(self, tokenizer, sampling: SamplingConfig, n: int, rewards: RewardPool,
+                 length_tail: tuple[int, float] | None = None, prompt_format: PromptFormat = PromptFormat(),
+                 total_steps: int = 0):
+        self.tokenizer, self.sampling, self.n = tokenizer, sampling, n
+        self.rewards, self.prompt_format, self.total_steps = rewards, prompt_format, total_steps
         self.length_tail = length_tail  # (median, sigma) of a lognormal forced length, or None
         self._encoded: dict[str, list[int]] = {}
 
@@ -52,11 +57,12 @@ class SingleTurnWorkflow:
         """Prompt token ids: the raw text or a chat turn (``task.chat_template``), special tokens as the model
         expects them. Remembered per prompt text: prompts come back (epochs, every evaluation), and tokenizing
         them again was a sixth of the rollout actor's event-loop time on the CPU demo."""
-        ids = self._encoded.get(sample.prompt)
+        key = sample.prompt if isinstance(sample.prompt, str) else json.dumps(sample.prompt)
+        ids = self._encoded.get(key)
         if ids is None:
             ids = self.prompt_format.encode(self.tokenizer, sample.prompt)
             if len(self._encoded) < ENCODED_PROMPTS_KEPT:
-                self._encoded[sample.prompt] = ids
+                self._encoded[key] = ids
         return list(ids)
 
     async def run(self, engine: Engine, sample: TaskSample, submit_version: int,
@@ -66,21 +72,48 @@ class SingleTurnWorkflow:
         began = time.perf_counter()
         completions = await engine.generate(prompt_ids, self.sampling_for_group(seed), self.n)
         generated = time.perf_counter()
-        outcomes = await self.rewards.score_many([c.text for c in completions], sample)
+        outcomes, logged = await self.rewards.score_group(reward_inputs(completions), sample, "train",
+                                                          RewardState(submit_version, self.total_steps))
         trajectories = tuple(
             Trajectory(tuple(prompt_ids), c.token_ids, c.logprobs, c.versions, o.value, c.text, c.finish_reason)
             for c, o in zip(completions, outcomes)
         )
-        timing = {"engine_seconds": generated - began, "reward_seconds": time.perf_counter() - generated}
-        return TrajectoryGroup(sample.id, trajectories, submit_version, {**failure_info(outcomes), **timing})
+        info = {**failure_info(outcomes), **component_info(outcomes, logged),
+                "engine_seconds": generated - began, "reward_seconds": time.perf_counter() - generated}
+        return TrajectoryGroup(sample.id, trajectories, submit_version, info)
 
-    async def evaluate(self, engine: Engine, sample: TaskSample) -> tuple[RewardOutcome, str]:
-        """Greedy (reward outcome, completion) of a held-out sample under the engine's current weights; a
-        failed reward is an outcome, never a score or an exception."""
+    async def evaluate(self, engine: Engine, sample: TaskSample, suite: str = "eval", k: int = 0) -> EvalRecord:
+        """The greedy completion of a held-out sample under the engine's current weights and, with ``k``, k
+        completions sampled at the training temperature from a seed of the sample's own (every evaluation
+        draws alike; only the weights differ), scored with the rewards of ``suite``. A failed reward is an
+        outcome, never a score or an exception."""
+        prompt_ids = self.encode(sample)
         greedy = SamplingConfig(max_new_tokens=self.sampling.max_new_tokens, temperature=0.0)
-        (completion,) = await engine.generate(self.encode(sample), greedy, 1)
-        return await self.rewards.score(completion.text, sample), completion.text
+        completions = list(await engine.generate(prompt_ids, greedy, 1))
+        if k:
+            seed = zlib.crc32(sample.id.encode()) & 0x7FFFFFFF
+            completions += await engine.generate(prompt_ids, dataclasses.replace(self.sampling, seed=seed), k)
+        outcomes = await self.rewards.score_many(reward_inputs(completions), sample, suite)
+        scored = [eval_sample(c, o) for c, o in zip(completions, outcomes)]
+        return EvalRecord(sample.id, sample.prompt_text, sample.reference, scored[0], tuple(scored[1:]))
 
     def close(self) -> None:
         """Stop the reward processes."""
         self.rewards.close()
+
+
+def reward_inputs(completions: list[Completion]) -> list[RewardInput]:
+    return [RewardInput(c.text, tuple(c.token_ids), c.finish_reason) for c in completions]
+
+
+def eval_sample(completion: Completion, outcome: RewardOutcome) -> EvalSample:
+    return EvalSample(completion.text, outcome.value, outcome.status, outcome.detail, outcome.components,
+                      len(completion.token_ids), completion.finish_reason)
+
+
+def component_info(outcomes: list[RewardOutcome], logged: dict[str, list[float]]) -> dict:
+    """Each reward function's values over the group (None: n/a, NaN: failed) and what the functions logged
+    (``log_metric``), for the driver's reward/<name> metrics."""
+    names = [name for name, _ in outcomes[0].components] if outcomes else []
+    return {"reward_components": {name: [o.components[i][1] for o in outcomes] for i, name in enumerate(names)},
+            "reward_logged": logged}

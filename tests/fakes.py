@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from rollouts.engines.base import Completion, Engine, SamplingConfig
-from rollouts.tasks.base import Task, TaskSample
+from rollouts.tasks.base import ScoredTask, TaskSample
 
 
 class FakeEngine(Engine):
@@ -47,7 +47,7 @@ class CharTokenizer:
         return "".join(chr(i) for i in ids)
 
 
-class FakeTask(Task):
+class FakeTask(ScoredTask):
     """Prompts whose reference is a fixed string; exact match scores 1."""
 
     def __init__(self, n_train: int = 4, raise_on: str | None = None):

@@ -15,7 +15,7 @@ def environment_maker(cfg: TrainConfig, model_path: str) -> MakeEnvironment:
 
     if cfg.env.type not in ("tools", "custom"):
         raise ValueError(f"config error: env.type = {cfg.env.type!r} has no environments; use tools or custom")
-    task = make_task(cfg.task, model_path)
+    task = make_task(cfg, model_path)
     if cfg.env.type == "custom":
         factory = import_factory(cfg.env.factory)
         return lambda: factory(task)

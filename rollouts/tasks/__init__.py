@@ -1,9 +1,8 @@
-"""Tasks: prompts plus the reward that scores completions, registered by config name (``task.type``)."""
+"""Tasks: the prompts to train and evaluate on (``task.type``): your dataset's rows (``dataset``, ``gsm8k``), or
+generated ones scored by the task itself (``arithmetic``, ``image_prompts``). ``factory`` builds them and their
+rewards."""
 
 from rollouts.tasks.arithmetic import ArithmeticTask
-from rollouts.tasks.base import Task, TaskSample
-from rollouts.tasks.gsm8k import GSM8KTask
+from rollouts.tasks.base import ScoredTask, Task, TaskSample
 
-TASKS: dict[str, type[Task]] = {"arithmetic": ArithmeticTask, "gsm8k": GSM8KTask}
-
-__all__ = ["TASKS", "ArithmeticTask", "GSM8KTask", "Task", "TaskSample"]
+__all__ = ["ArithmeticTask", "ScoredTask", "Task", "TaskSample"]

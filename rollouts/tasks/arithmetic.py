@@ -31,7 +31,7 @@ import random
 import re
 from typing import Sequence
 
-from rollouts.tasks.base import Task, TaskSample
+from rollouts.tasks.base import ScoredTask, TaskSample
 
 END_MARKERS = ("<eos>", "\n")
 ANSWER_FORMATS = ("exact", "last_number")
@@ -47,7 +47,7 @@ def cut_at_end_marker(text: str) -> str:
     return text.strip()
 
 
-class ArithmeticTask(Task):
+class ArithmeticTask(ScoredTask):
     """``a<op>b=`` prompts with operands in [min_operand, max_operand]; reward 1 for the exact result."""
 
     def __init__(

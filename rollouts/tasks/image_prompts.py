@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rollouts.tasks.base import Task, TaskSample
+from rollouts.tasks.base import ScoredTask, TaskSample
 
 
 def load_prompts(path: str, model_path: str) -> list[str]:
@@ -26,7 +26,7 @@ def load_prompts(path: str, model_path: str) -> list[str]:
     return list(json.loads(labels.read_text())["labels"])
 
 
-class ImagePromptTask(Task):
+class ImagePromptTask(ScoredTask):
     """Train prompts as given; evaluation cycles through the same prompts ``eval_size`` times, each image from a
     fixed seed, so successive evaluations see the same noise and differ only by the weights."""
 

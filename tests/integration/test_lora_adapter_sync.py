@@ -62,7 +62,7 @@ def worker(loop, learner, root):
                           lora_rank=RANK, max_loras=3)
 
     engine = loop.run_until_complete(start())
-    worker = RolloutWorker(engine, workflow=None, task=None, weights_root=root / "rollout")
+    worker = RolloutWorker(engine, workflow=None, weights_root=root / "rollout")
     yield worker
     loop.run_until_complete(engine.close())
 

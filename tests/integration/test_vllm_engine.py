@@ -343,7 +343,7 @@ def test_a_bucketed_reload_gives_exactly_the_outputs_of_a_full_file_reload(loop,
     prompts, v0 = PROMPTS[:4], engine.version
     exporter, manifest = export_buckets(models["perturbed"], tmp_path / "learner", v0 + 2)
     assert len(manifest.buckets) > 3
-    worker = RolloutWorker(engine, None, None, tmp_path / "staging")
+    worker = RolloutWorker(engine, None, tmp_path / "staging")
 
     async def fetch(index):
         return Path(manifest.paths()[index]).read_bytes()

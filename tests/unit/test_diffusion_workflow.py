@@ -24,7 +24,7 @@ def sampler(tmp_path_factory):
 
 def workflow_for(task: ImagePromptTask, n: int) -> DiffusionWorkflow:
     """A workflow with one reward process (calls reach it in order); close it after use."""
-    return DiffusionWorkflow(task, n, RewardPool(task.score, workers=1, timeout_s=5.0, memory_mb=1024))
+    return DiffusionWorkflow(n, RewardPool(task.score, workers=1, timeout_s=5.0, memory_mb=1024))
 
 
 def test_a_group_holds_n_scored_chains_of_its_prompt(sampler, tmp_path):
@@ -52,19 +52,19 @@ def test_rewards_that_raise_or_return_nan_are_counted_and_never_scored(sampler):
 def test_a_failed_held_out_reward_is_an_outcome_not_a_score(sampler):
     task = ImagePromptTask(["red"], BrokenImageReward(), eval_size=1)
     workflow = workflow_for(task, n=1)
-    outcome, image = asyncio.run(workflow.evaluate(sampler, task.eval[0]))
+    image = asyncio.run(workflow.evaluate(sampler, task.eval[0])).greedy
     workflow.close()
-    assert outcome.status == "error" and math.isnan(outcome.value) and "scorer crashed" in outcome.detail
-    assert image.dtype == np.uint8
+    assert image.status == "error" and math.isnan(image.reward) and "scorer crashed" in image.detail
+    assert image.output.dtype == np.uint8
 
 
 def test_evaluation_draws_the_same_noise_every_time(sampler):
     task = ImagePromptTask(["red", "blue"], JpegCompressibility(), eval_size=3)
     workflow = workflow_for(task, n=2)
-    first = asyncio.run(workflow.evaluate(sampler, task.eval[2]))
-    again = asyncio.run(workflow.evaluate(sampler, task.eval[2]))
+    first = asyncio.run(workflow.evaluate(sampler, task.eval[2])).greedy
+    again = asyncio.run(workflow.evaluate(sampler, task.eval[2])).greedy
     workflow.close()
-    assert first[0].ok and first[0] == again[0] and np.array_equal(first[1], again[1])
+    assert first.ok and first.reward == again.reward and np.array_equal(first.output, again.output)
     assert [s.prompt for s in task.eval] == ["red", "blue", "red"]
 
 

@@ -15,10 +15,10 @@ from rollouts.envs.python_tool import python_tool, run_python
 from rollouts.envs.sandbox import Sandbox, SandboxLimits, probe_isolation
 from rollouts.envs.tool_calls import JsonToolCalls, TaggedToolCalls, ToolCall, ToolCallError
 from rollouts.envs.tool_env import ToolEnvironment
-from rollouts.tasks.base import Task, TaskSample
+from rollouts.tasks.base import ScoredTask, TaskSample
 
 
-class ExactTask(Task):
+class ExactTask(ScoredTask):
     """Reward 1 for the reference, stripped; enough to score a final answer."""
 
     def __init__(self):

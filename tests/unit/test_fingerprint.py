@@ -19,7 +19,7 @@ def model(tmp_path):
 
 def fingerprint(model, **overrides):
     cfg = TrainConfig(**overrides)
-    return run_fingerprint(cfg, ArithmeticTask(seed=cfg.task.seed).train, model)
+    return run_fingerprint(cfg, ArithmeticTask(seed=cfg.task.seed).digest(), model)
 
 
 def test_the_same_inputs_match(model):
@@ -45,9 +45,9 @@ def test_another_model_architecture_is_named(model, tmp_path_factory):
 
 def test_resuming_with_a_different_batch_size_is_refused_before_the_run_starts(model, tmp_path):
     saved = TrainConfig()
-    manifest = {"fingerprint": run_fingerprint(saved, ArithmeticTask(seed=0).train, model)}
+    manifest = {"fingerprint": run_fingerprint(saved, ArithmeticTask(seed=0).digest(), model)}
     resume = (tmp_path / "step-00000010", manifest)
-    check_resume_fits(resume, saved, ArithmeticTask(seed=0).train, str(model))  # same inputs: fine
+    check_resume_fits(resume, saved, ArithmeticTask(seed=0).digest(), str(model))  # same inputs: fine
     with pytest.raises(CheckpointError, match="batch_size: checkpoint 8, this run 4") as err:
-        check_resume_fits(resume, TrainConfig(batch_size=4), ArithmeticTask(seed=0).train, str(model))
+        check_resume_fits(resume, TrainConfig(batch_size=4), ArithmeticTask(seed=0).digest(), str(model))
     assert "step-00000010" in str(err.value) and "another out_dir" in str(err.value)

@@ -161,8 +161,17 @@ def test_an_environment_that_fails_or_hangs_fails_its_episode_with_the_reason_an
 
 
 def test_greedy_evaluation_plays_one_episode_and_scores_its_answer():
-    outcome, transcript = asyncio.run(make().evaluate(FakeEngine(SCRIPT, CharTokenizer().decode), SAMPLE))
-    assert outcome.ok and outcome.value == 1.0 and transcript == CALL + OBSERVATION + ANSWER
+    record = asyncio.run(make().evaluate(FakeEngine(SCRIPT, CharTokenizer().decode), SAMPLE))
+    assert record.greedy.ok and record.greedy.reward == 1.0 and record.greedy.output == CALL + OBSERVATION + ANSWER
+    assert record.samples == ()
+
+
+def test_evaluation_with_k_plays_k_more_episodes_from_the_samples_own_seeds():
+    engine = FakeEngine(SCRIPT, CharTokenizer().decode)
+    record = asyncio.run(make().evaluate(engine, SAMPLE, k=2))
+    assert len(record.samples) == 2 and all(s.reward == 1.0 for s in record.samples)
+    seeds = [sampling.seed for _, sampling, _ in engine.calls if sampling.temperature > 0]
+    assert len(seeds) == 4 and None not in seeds  # two turns each
 
 
 def test_the_learner_gets_no_gradient_from_tokens_the_environment_wrote():

@@ -102,3 +102,22 @@ def test_the_page_breaks_a_step_down_into_where_its_time_went(tmp_path):
     assert "rollout/reward_seconds_mean" not in breakdown  # not measured: not shown
     text = write_report(tmp_path / "run").read_text()
     assert "step time: median seconds" in text and "learner/forward_backward_seconds" in text
+
+
+def test_the_page_shows_held_out_metrics_reward_functions_lengths_and_what_the_model_wrote(tmp_path):
+    run = fake_run(tmp_path / "run")
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 6, "eval/accuracy": 0.5, "eval/pass@4": 0.75, "eval/hard/accuracy": 0.25,
+                            "reward/math_verify": 0.4, "reward/think_format": 0.9,
+                            "rollout/completion_tokens_mean": 40.0, "rollout/completion_tokens_max": 90.0}) + "\n")
+    for step, text in ((2, "old"), (6, "<think>2+2</think> 4")):
+        folder = run / "generations" / "eval"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"step-{step:06d}.jsonl").write_text(json.dumps(
+            {"id": "a", "prompt": "2+2?", "reference": "4", "completion": text, "reward": 1.2, "correct": True,
+             "rewards": {"math_verify": 1.0, "think_format": 1.0}}) + "\n")
+    page = write_report(run).read_text()
+    for series in ("eval/pass@4", "eval/hard/accuracy", "reward/think_format", "rollout/completion_tokens_max"):
+        assert series in page
+    assert "what the model wrote: eval (step-000006.jsonl)" in page and "&lt;think&gt;2+2&lt;/think&gt; 4" in page
+    assert "old" not in page.split("what the model wrote")[1]

@@ -1,12 +1,10 @@
-"""Arithmetic and GSM8K tasks: splits, determinism, scoring rules, JSONL validation."""
+"""The generated arithmetic task: splits, determinism, scoring rules (datasets: test_dataset_task.py)."""
 
-import asyncio
-import json
 import operator
 
 import pytest
 
-from rollouts.tasks import TASKS, ArithmeticTask, GSM8KTask, TaskSample
+from rollouts.tasks import ArithmeticTask, TaskSample
 
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
@@ -18,10 +16,6 @@ def _solve(prompt: str) -> int:
         if sep:
             return fn(int(a), int(b))
     raise AssertionError(f"no operator in {prompt!r}")
-
-
-def test_registry_names_both_tasks():
-    assert TASKS == {"arithmetic": ArithmeticTask, "gsm8k": GSM8KTask}
 
 
 def test_arithmetic_is_deterministic_per_seed():
@@ -120,78 +114,3 @@ def test_arithmetic_score_negative_reference():
     task = ArithmeticTask(operators=("-",), eval_size=10)
     sample = TaskSample(id="3-10", prompt="3-10=", reference="-7")
     assert task.score("-7", sample) == 1.0 and task.score("7", sample) == 0.0 and task.score("- 7", sample) == 0.0
-
-
-def _write_jsonl(path, rows):
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
-
-def _rows(n):
-    return [{"question": f"Tom has {i} apples and buys 1,000 more. How many?",
-             "answer": f"{i} + 1000 = {i + 1000}\n#### {i + 1000:,}"} for i in range(n)]
-
-
-def test_gsm8k_reads_rows_and_holds_out_the_last_ones(tmp_path):
-    path = _write_jsonl(tmp_path / "train.jsonl", _rows(5))
-    task = GSM8KTask(path, eval_size=2, seed=0)
-    assert [s.id for s in task.eval] == ["train.jsonl:4", "train.jsonl:5"]
-    assert sorted(s.id for s in task.train) == [f"train.jsonl:{i}" for i in (1, 2, 3)]
-    assert task.eval[0].reference == "1003"  # "#### 1,003" without the thousands separator
-    assert task.eval[0].prompt == "Question: Tom has 3 apples and buys 1,000 more. How many?\nAnswer:"
-    assert GSM8KTask(path, eval_size=2, seed=0).train == task.train
-
-
-def test_gsm8k_separate_eval_file_and_template(tmp_path):
-    train = _write_jsonl(tmp_path / "train.jsonl", _rows(3))
-    held = _write_jsonl(tmp_path / "test.jsonl", ["", *_rows(4)])  # a blank line is not a row
-    task = GSM8KTask(train, eval_path=held, eval_size=2, template="Q: {question} A:")
-    assert len(task.train) == 3 and [s.id for s in task.eval] == ["test.jsonl:2", "test.jsonl:3"]
-    assert task.eval[0].prompt.startswith("Q: Tom has 0 apples") and task.eval[0].prompt.endswith(" A:")
-
-
-@pytest.mark.parametrize(
-    "bad_row, message",
-    [({"question": "q"}, "missing field 'answer'"), ({"answer": "#### 3"}, "missing field 'question'"),
-     ('{"question": "q", "answer": ', "not valid JSON"), ('["q", "#### 3"]', "expected a JSON object"),
-     ({"question": "q", "answer": 3}, "field 'answer' must be a string"),
-     ({"question": "q", "answer": "it is 3"}, "does not end in '#### <number>'"),
-     ({"question": "q", "answer": "#### "}, "does not end in '#### <number>'")],
-)
-def test_gsm8k_bad_row_names_file_line_and_problem(tmp_path, bad_row, message):
-    path = _write_jsonl(tmp_path / "data.jsonl", [*_rows(2), "", bad_row, *_rows(2)])
-    with pytest.raises(ValueError, match=rf"data\.jsonl:4: .*{message}"):
-        GSM8KTask(path, eval_size=1)
-
-
-def test_gsm8k_too_few_rows_for_eval_size(tmp_path):
-    path = _write_jsonl(tmp_path / "tiny.jsonl", _rows(2))
-    with pytest.raises(ValueError, match="eval_size=2"):
-        GSM8KTask(path, eval_size=2)
-
-
-@pytest.mark.parametrize(
-    "completion, reward",
-    [("He pays 10 + 62 = 72 dollars.\n#### 72", 1.0), ("#### 72<eos>#### 5", 1.0), ("so the answer is 72", 1.0),
-     ("The answer is $\\boxed{72}$.", 1.0), ("#### 72.0", 1.0), ("#### 73", 0.0), ("72 then 12", 0.0),
-     ("no number here", 0.0), ("", 0.0)],
-)
-def test_gsm8k_score_with_math_verify(tmp_path, completion, reward):
-    task = GSM8KTask(_write_jsonl(tmp_path / "d.jsonl", _rows(2)), eval_size=1)
-    sample = TaskSample(id="x", prompt="Question: ...\nAnswer:", reference="72")
-    assert task.score(completion, sample) == reward
-
-
-def test_gsm8k_score_runs_off_the_main_thread(tmp_path):
-    # math-verify's signal timeouts stay off (the reward pool kills a hung call), so any thread may score
-    task = GSM8KTask(_write_jsonl(tmp_path / "d.jsonl", _rows(2)), eval_size=1)
-    sample = TaskSample(id="x", prompt="", reference="1234")
-    assert asyncio.run(asyncio.to_thread(task.score, "#### 1,234", sample)) == 1.0
-
-
-def test_gsm8k_score_can_be_sent_to_a_reward_process(tmp_path):
-    import pickle
-
-    task = GSM8KTask(_write_jsonl(tmp_path / "d.jsonl", _rows(2)), eval_size=1)
-    score = pickle.loads(pickle.dumps(task.score))  # what rollouts.reward_pool sends to its processes
-    assert score("#### 1,234", TaskSample(id="x", prompt="", reference="1234")) == 1.0

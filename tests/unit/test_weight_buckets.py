@@ -185,7 +185,7 @@ def test_a_rollout_worker_loads_a_manifest_in_place_or_through_staging(exporter,
     state = model_state()
     manifest = export(exporter, state, version=4)
     engine = ReadingEngine()
-    worker = RolloutWorker(engine, None, None, tmp_path / "weights")
+    worker = RolloutWorker(engine, None, tmp_path / "weights")
     asyncio.run(worker.load_weights(manifest, 4))
     assert engine.version == 4 and all(torch.equal(engine.weights[n], t) for n, t in state.items())
     assert Path(manifest.directory).exists()  # read in place: the learner's files stay for other engines
@@ -199,7 +199,7 @@ def test_a_rollout_worker_reports_why_staging_failed_not_the_engines_symptom(exp
     from rollouts.worker import RolloutWorker
 
     manifest = export(exporter, model_state(), version=4)
-    worker = RolloutWorker(ReadingEngine(), None, None, tmp_path / "weights")
+    worker = RolloutWorker(ReadingEngine(), None, tmp_path / "weights")
     with pytest.raises(WeightsUnavailable, match="gone with its node"):
         asyncio.run(worker.load_weights(manifest, 4, fetch=file_fetch(manifest, fail_at=0), wait_s=30))
 

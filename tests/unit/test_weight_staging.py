@@ -58,7 +58,7 @@ def test_a_rollout_worker_checks_room_before_staging_a_version(tmp_path, monkeyp
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(weight_staging.shutil, "disk_usage", lambda path: usage(100, 90, 10))
-    worker = RolloutWorker(FakeEngine({}, CharTokenizer().decode), None, FakeTask(), tmp_path / "weights")
+    worker = RolloutWorker(FakeEngine({}, CharTokenizer().decode), None, tmp_path / "weights")
     with pytest.raises(StagingSpaceError, match="weights version 5"):
         asyncio.run(worker.load_weights({"model.safetensors": b"x" * 64}, version=5))
     assert not any((tmp_path / "weights").glob("**/*.safetensors"))

@@ -38,8 +38,8 @@ def hostile():
 
 def make_worker(tmp_path, script, rewards):
     tok = CharTokenizer()
-    workflow = SingleTurnWorkflow(FakeTask(), tok, SamplingConfig(max_new_tokens=4), n=3, rewards=rewards)
-    return RolloutWorker(FakeEngine(script, tok.decode), workflow, FakeTask(), tmp_path / "weights")
+    workflow = SingleTurnWorkflow(tok, SamplingConfig(max_new_tokens=4), n=3, rewards=rewards)
+    return RolloutWorker(FakeEngine(script, tok.decode), workflow, tmp_path / "weights")
 
 
 def test_group_carries_rewards_tokens_and_versions(tmp_path, rewards):
@@ -116,20 +116,33 @@ def test_a_reward_that_cannot_go_to_a_process_is_refused_at_start():
 
 def test_evaluate_is_greedy(tmp_path, rewards):
     worker = make_worker(tmp_path, {"e0=": ["0"]}, rewards)
-    assert asyncio.run(worker.evaluate(list(FakeTask().eval))) == [(RewardOutcome(1.0), "0")]
+    [record] = asyncio.run(worker.evaluate(list(FakeTask().eval)))
+    assert record.greedy.output == "0" and record.greedy.reward == 1.0 and record.samples == ()
     assert worker.engine.calls[-1][1].temperature == 0.0
+
+
+def test_evaluate_with_k_adds_k_samples_drawn_from_a_seed_of_the_sample(tmp_path, rewards):
+    worker = make_worker(tmp_path, {"e0=": ["0", "1", "0"]}, rewards)
+    [first] = asyncio.run(worker.evaluate(list(FakeTask().eval), k=3))
+    [again] = asyncio.run(worker.evaluate(list(FakeTask().eval), k=3))
+    assert [s.reward for s in first.samples] == [1.0, 0.0, 1.0] and first.greedy.tokens == 1
+    (_, greedy, _), (_, sampled, n) = worker.engine.calls[:2]
+    assert greedy.temperature == 0.0 and sampled.temperature > 0 and n == 3
+    assert sampled.seed is not None and sampled.seed == worker.engine.calls[3][1].seed  # same draw each time
 
 
 def test_a_hung_held_out_reward_times_out_instead_of_raising(tmp_path, hostile):
     worker = make_worker(tmp_path, {"e0=": ["hang"]}, hostile)
-    [(outcome, text)] = asyncio.run(worker.evaluate(list(FakeTask().eval)))
-    assert outcome.status == "timeout" and math.isnan(outcome.value) and text == "hang"
+    [record] = asyncio.run(worker.evaluate(list(FakeTask().eval)))
+    g = record.greedy
+    assert g.status == "timeout" and math.isnan(g.reward) and g.output == "hang"
 
 
 def test_a_raising_held_out_reward_is_an_error_outcome(tmp_path, rewards):
     worker = make_worker(tmp_path, {"e0=": ["boom"]}, rewards)
-    [(outcome, text)] = asyncio.run(worker.evaluate(list(FakeTask().eval)))
-    assert outcome.status == "error" and "reward bug" in outcome.detail and text == "boom"
+    [record] = asyncio.run(worker.evaluate(list(FakeTask().eval)))
+    g = record.greedy
+    assert g.status == "error" and "reward bug" in g.detail and g.output == "boom"
 
 
 def test_closing_the_worker_stops_its_reward_processes(tmp_path):
@@ -140,41 +153,6 @@ def test_closing_the_worker_stops_its_reward_processes(tmp_path):
     assert not any(p.is_alive() for p in processes)
     with pytest.raises(RuntimeError, match="closed"):
         asyncio.run(pool.score("0", SAMPLE))
-
-
-class FakeFleet:
-    """Held-out results as rollout workers return them."""
-
-    def __init__(self, results):
-        self.results = results
-
-    def evaluate(self, samples, payload, version):
-        return self.results
-
-
-class FakeDriverState:
-    """The parts of a Driver its ``evaluate`` reads."""
-
-    def __init__(self, results, tmp_path):
-        from rollouts.tasks.base import TaskSample
-
-        self.fleet, self.task = FakeFleet(results), FakeTask()
-        self.task._eval = tuple(TaskSample(f"e{i}", "", "") for i in range(len(results)))
-        self.payload, self.published, self.version = None, 3, 3
-        self.out_dir, self.eval_key = tmp_path, "eval/accuracy"
-
-
-def test_the_driver_averages_held_out_scores_over_the_successful_rewards(tmp_path):
-    from actors.driver import Driver
-
-    failed = RewardOutcome.failed("timeout", "reward took longer than 10s")
-    state = FakeDriverState([(RewardOutcome(1.0), "a"), (failed, "b"), (RewardOutcome(0.0), "c")], tmp_path)
-    metrics, outputs = Driver.evaluate(state)
-    assert outputs == ["a", "b", "c"] and metrics["eval/seconds"] >= 0
-    assert {k: metrics[k] for k in ("eval/accuracy", "eval/failures")} == {"eval/accuracy": 0.5, "eval/failures": 1.0}
-    state = FakeDriverState([(failed, "a")], tmp_path)
-    metrics, _ = Driver.evaluate(state)
-    assert math.isnan(metrics["eval/accuracy"]) and metrics["eval/failures"] == 1.0
 
 
 def test_load_weights_writes_files_and_bumps_the_engine_version(tmp_path, rewards):
@@ -193,18 +171,18 @@ def test_load_weights_refuses_path_tricks(tmp_path, rewards):
 
 
 def test_length_tail_draws_long_tailed_minimum_lengths(rewards):
-    workflow = SingleTurnWorkflow(FakeTask(), CharTokenizer(), SamplingConfig(max_new_tokens=200), n=2,
+    workflow = SingleTurnWorkflow(CharTokenizer(), SamplingConfig(max_new_tokens=200), n=2,
                                   rewards=rewards, length_tail=(10, 1.0))
     lengths = sorted(workflow.sampling_for_group(seed).forced_new_tokens for seed in range(2000))
     median, p99 = lengths[1000], lengths[1980]
     assert 8 <= median <= 12 and p99 > 5 * median and lengths[-1] <= 200
-    plain = SingleTurnWorkflow(FakeTask(), CharTokenizer(), SamplingConfig(max_new_tokens=8), n=2,
+    plain = SingleTurnWorkflow(CharTokenizer(), SamplingConfig(max_new_tokens=8), n=2,
                                rewards=rewards)
     assert plain.sampling_for_group(7).forced_new_tokens == 0
 
 
 def test_a_group_is_sampled_from_its_seed_alone(rewards):
-    workflow = SingleTurnWorkflow(FakeTask(), CharTokenizer(), SamplingConfig(max_new_tokens=200), n=2,
+    workflow = SingleTurnWorkflow(CharTokenizer(), SamplingConfig(max_new_tokens=200), n=2,
                                   rewards=rewards, length_tail=(10, 1.0))
     first = [workflow.sampling_for_group(seed) for seed in (3, 4, 3)]
     assert first[0] == first[2] and first[0].seed == 3  # the same seed gives the same settings, in any order

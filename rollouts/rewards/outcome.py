@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 FAILURE_STATUSES = ("error", "memory", "timeout", "nonfinite")
@@ -23,6 +23,8 @@ class RewardOutcome:
     value: float
     status: str = "ok"
     detail: str = ""
+    components: tuple = field(default=(), compare=False)
+    """(name, value) of each reward function the value sums: a number, None (does not apply) or NaN (failed)."""
 
     def __post_init__(self):
         if self.status != "ok" and self.status not in FAILURE_STATUSES:
