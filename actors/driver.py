@@ -31,7 +31,7 @@ from actors.step_metrics import StepMetrics
 from areal.balancer import StepObservation, ThroughputBalancer
 from areal.config import TrainConfig
 from areal.controller import ACCEPTED, RolloutController, stall_message
-from areal.evaluation import summarize, write_generations
+from areal.evaluation import describe_set, record_set
 from areal.fingerprint import run_fingerprint
 from areal.staleness import StalenessGate
 from areal.types import Trajectory
@@ -44,17 +44,6 @@ CONTROLLER_FILE = "controller.json"  # beside the learner state in every checkpo
 def evaluation_due(version: int, cfg: TrainConfig) -> bool:
     """Whether a held-out evaluation follows the update to ``version`` (the last one has its own)."""
     return cfg.eval_every > 0 and version % cfg.eval_every == 0 and version < cfg.total_steps
-
-
-def held_out_line(name: str, summary: dict[str, float], k: int) -> str:
-    """One set's result as the console shows it: "accuracy 0.620 (pass@4 0.810, 3 failed)"."""
-    main = "accuracy" if "accuracy" in summary else "reward"
-    text = f"{main} {summary[main]:.3f}"
-    extra = [f"pass@{k} {summary[f'pass@{k}']:.3f}"] if k and f"pass@{k}" in summary else []
-    if summary.get("failures"):
-        extra.append(f"{int(summary['failures'])} failed")
-    text += f" ({', '.join(extra)})" if extra else ""
-    return text if name == "eval" else f"{name}: {text}"
 
 
 def publish_due(version: int, last_sent: int, cfg: TrainConfig) -> bool:
@@ -451,16 +440,13 @@ class Driver:
         for name, samples in self.task.eval_sets.items():
             k = self.eval_plan.get(name, 0)
             records = self.fleet.evaluate(list(samples), name, k, self.payload, self.published)
-            summary = summarize(records, threshold, k)
-            prefix = "eval" if name == "eval" else f"eval/{name}"
-            metrics.update({f"{prefix}/{key}": value for key, value in summary.items()})
-            write_generations(self.out_dir / "generations" / name / f"step-{self.published:06d}.jsonl",
-                              self.published, name, records, threshold)
+            found = record_set(name, records, threshold, k, self.published, self.out_dir)
+            metrics.update(found)
             failed = [r.greedy for r in records if not r.greedy.ok]
             if failed:
                 log.warning("held-out set %s: %d of %d rewards failed (left out of its metrics), e.g. %s: %s", name,
                             len(failed), len(records), failed[0].status, failed[0].detail)
-            lines.append(held_out_line(name, summary, k))
+            lines.append(describe_set(name, found, k))
             if name == "eval":
                 outputs = [r.greedy.output for r in records]
         if outputs and isinstance(outputs[0], np.ndarray):

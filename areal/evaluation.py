@@ -94,6 +94,29 @@ def summarize(records: Sequence[EvalRecord], threshold: float | None, k: int = 0
     return out
 
 
+def record_set(name: str, records: Sequence[EvalRecord], threshold: float | None, k: int, step: int,
+               out_dir: Path) -> dict[str, float]:
+    """One held-out set's evaluation at ``step``: its generations written to
+    OUT/generations/<name>/step-N.jsonl, its metrics returned under eval/ (the default set, "eval") or
+    eval/<name>/."""
+    write_generations(Path(out_dir) / "generations" / name / f"step-{step:06d}.jsonl", step, name, records, threshold)
+    prefix = "eval" if name == "eval" else f"eval/{name}"
+    return {f"{prefix}/{key}": value for key, value in summarize(records, threshold, k).items()}
+
+
+def describe_set(name: str, metrics: dict[str, float], k: int) -> str:
+    """A set's result as the console shows it: "accuracy 0.620 (pass@4 0.810, 41 tokens, 5% truncated)"."""
+    prefix = "eval" if name == "eval" else f"eval/{name}"
+    main = "accuracy" if f"{prefix}/accuracy" in metrics else "reward"
+    extra = [f"pass@{k} {metrics[f'{prefix}/pass@{k}']:.3f}"] if k and f"{prefix}/pass@{k}" in metrics else []
+    if f"{prefix}/length_mean" in metrics:
+        extra.append(f"{metrics[f'{prefix}/length_mean']:.0f} tokens, {metrics[f'{prefix}/truncated']:.0%} truncated")
+    if metrics.get(f"{prefix}/failures"):
+        extra.append(f"{int(metrics[f'{prefix}/failures'])} failed")
+    text = f"{main} {metrics[f'{prefix}/{main}']:.3f}" + (f" ({', '.join(extra)})" if extra else "")
+    return text if name == "eval" else f"{name}: {text}"
+
+
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 

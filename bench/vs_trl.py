@@ -153,7 +153,7 @@ def main() -> None:
 
     model = str(demo_model(0))
     cfg, _ = load_config(["experiment=arith_tiny"])
-    task = make_task(cfg.task, model)
+    task = make_task(cfg, model)
     trl = run_trl(model, cfg, task, args)
     areal = run_areal(model, args)
     result = {"setup": provenance(f"arith_tiny: {cfg.batch_size} prompts x {cfg.rollout.samples_per_prompt} samples, "

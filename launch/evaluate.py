@@ -63,7 +63,7 @@ def evaluate(cfg: TrainConfig, step: int = 0) -> dict[str, float]:
     import ray
 
     from actors.rollout_actor import RolloutActor, rollout_env
-    from areal.evaluation import summarize, write_generations
+    from areal.evaluation import describe_set, record_set
     from launch.train import init_ray, resolve_model
     from rollouts.tasks.factory import make_task
 
@@ -84,12 +84,10 @@ def evaluate(cfg: TrainConfig, step: int = 0) -> dict[str, float]:
             began = time.monotonic()
             records = ray.get(actor.evaluate.remote(list(samples), name, plan.get(name, 0)),
                               timeout=cfg.rollout.generate_timeout_s)
-            summary = summarize(records, threshold, plan.get(name, 0))
-            prefix = "eval" if name == "eval" else f"eval/{name}"
-            metrics.update({f"{prefix}/{key}": value for key, value in summary.items()})
-            write_generations(out / "generations" / name / f"step-{step:06d}.jsonl", step, name, records, threshold)
-            log.info("%s: %s (%d prompts, %.0fs)", name, _describe(summary), len(records), time.monotonic() - began,
-                     extra=MILESTONE)
+            found = record_set(name, records, threshold, plan.get(name, 0), step, out)
+            metrics.update(found)
+            log.info("%s (%d prompts, %.0fs)", describe_set(name, found, plan.get(name, 0)), len(records),
+                     time.monotonic() - began, extra=MILESTONE)
     finally:
         if actor is not None:
             try:
@@ -100,9 +98,3 @@ def evaluate(cfg: TrainConfig, step: int = 0) -> dict[str, float]:
             ray.shutdown()
     (out / "metrics.json").write_text(json.dumps({"model": model_path, "step": step, **metrics}, indent=2))
     return metrics
-
-
-def _describe(summary: dict[str, float]) -> str:
-    keys = [k for k in ("accuracy", "reward") if k in summary][:1]
-    keys += [k for k in summary if k.startswith(("pass@", "mean@"))] + ["length_mean", "truncated"]
-    return ", ".join(f"{k} {summary[k]:.3f}" for k in keys if k in summary)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -24,9 +23,9 @@ from areal.types import TrainBatch
 from learners.deepspeed_learner import DeepSpeedLearner
 from learners.deepspeed_setup import Rendezvous, state_sizes, use_cuda
 from learners.lora import ADAPTER_DIR, LoraWeights, adapter_base
+from learners.model_files import carry_model_files
 
 log = logging.getLogger(__name__)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -231,15 +230,15 @@ class LMLearner(DeepSpeedLearner):
 
     # -- weights ----------------------------------------------------------
     def save_model(self, path: Path, state: dict[str, torch.Tensor]) -> None:
-        """A Hugging Face model directory (safetensors) with the tokenizer files of the starting model. With LoRA
-        the weights are merged, and the adapter is saved beside them in ``adapter/`` (PEFT's layout)."""
+        """A Hugging Face model directory (safetensors) with the tokenizer, chat template and other files of the
+        starting model (``learners.model_files``). With LoRA the weights are merged, and the adapter is saved
+        beside them in ``adapter/`` (PEFT's layout), with the same files."""
         merged = self.lora.merge(state) if self.lora else state
         self.engine.module.save_pretrained(path, state_dict=merged, safe_serialization=True)
+        carry_model_files(self.model_path, path)
         if self.lora:
             self.lora.save_adapter(path / ADAPTER_DIR, state)
-        for name in TOKENIZER_FILES:
-            if (self.model_path / name).exists():
-                shutil.copy2(self.model_path / name, path / name)
+            carry_model_files(self.model_path, path / ADAPTER_DIR)
 
     def export_names(self) -> list[str]:
         """State-dict names a weight export carries, in order (the base model's names: with LoRA, the merged

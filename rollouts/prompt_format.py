@@ -8,7 +8,9 @@ the learner only ever see token ids.
 
 A dataset's prompt may already be a conversation (a tuple of ``{role, content}`` messages, system turns
 included): it is rendered as it is, after ``system_prompt`` when it has no system turn of its own. A
-conversation needs a chat template: without one the error names ``task.chat_template``.
+conversation that ends with an assistant message is continued, as TRL does (``continue_final_message``): the
+model writes the rest of that message, after a prefill such as "<think>". A conversation needs a chat template:
+without one the error names ``task.chat_template``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,21 @@ from dataclasses import dataclass
 
 CHAT_TEMPLATE_MODES = ("auto", "none")
 _TURN_END = "AREAL-POLICY-TURN-ENDS-HERE"  # marks where the policy's own tokens stop in a rendered conversation
+
+
+def prefill(prompt) -> str:
+    """What the prompt already wrote of the model's answer: the content of a conversation's final assistant
+    message (e.g. "<think>"), else ""."""
+    if isinstance(prompt, str) or not prompt or prompt[-1].get("role") != "assistant":
+        return ""
+    return prompt[-1].get("content") or ""
+
+
+def _turn(messages: list[dict]) -> dict:
+    """Open the assistant's turn, or continue the assistant message the conversation ends with."""
+    if messages[-1]["role"] == "assistant":
+        return {"continue_final_message": True, "add_generation_prompt": False}
+    return {"add_generation_prompt": True}
 
 
 @dataclass(frozen=True)
@@ -38,8 +55,8 @@ class PromptFormat:
         if not self.uses_chat(tokenizer):
             self.check_plain(prompt)
             return list(tokenizer.encode(prompt))
-        rendered = tokenizer.apply_chat_template(self.messages(prompt), add_generation_prompt=True, tokenize=True,
-                                                 return_dict=True)
+        messages = self.messages(prompt)
+        rendered = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **_turn(messages))
         return list(rendered["input_ids"])
 
     def render(self, tokenizer, prompt) -> str:
@@ -47,7 +64,8 @@ class PromptFormat:
         if not self.uses_chat(tokenizer):
             self.check_plain(prompt)
             return prompt
-        return tokenizer.apply_chat_template(self.messages(prompt), add_generation_prompt=True, tokenize=False)
+        messages = self.messages(prompt)
+        return tokenizer.apply_chat_template(messages, tokenize=False, **_turn(messages))
 
     def messages(self, prompt) -> list[dict]:
         """The conversation a prompt is rendered as: a text becomes a user turn; ``system_prompt`` goes first

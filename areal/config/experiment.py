@@ -104,9 +104,8 @@ class TrainConfig:
         require(not (self.is_diffusion and self.task.eval_k), "task.eval_k", self.task.eval_k,
                 "0 with engine.type=diffusers (pass@k is for text answers)")
         t = self.task
-        uses_http = "http" in t.reward_names or any("http" in s.rewards for s in t.eval_sets)
         worst = (t.reward_http_retries + 1) * t.reward_http_timeout_s + 0.2 * (2 ** t.reward_http_retries - 1)
-        require(not uses_http or worst < t.reward_timeout_s, "task.reward_timeout_s", t.reward_timeout_s,
+        require(not t.uses_http or worst < t.reward_timeout_s, "task.reward_timeout_s", t.reward_timeout_s,
                 f"more than the http reward's worst case, {worst:.1f}s ((task.reward_http_retries + 1) x "
                 "task.reward_http_timeout_s plus back-off): raise it, or lower those")
         require(self.rollout.max_new_tokens < self.engine.max_model_len, "rollout.max_new_tokens",

@@ -136,7 +136,6 @@ class TaskConfig:
         require(self.reward_memory_mb >= 256, "task.reward_memory_mb", self.reward_memory_mb,
                 "an int >= 256 (MB of address space per reward process)")
 
-
     @property
     def template(self) -> str:
         """task.prompt_template, or the task type's own (arithmetic's bare problem, GSM8K's Question/Answer)."""
@@ -155,6 +154,11 @@ class TaskConfig:
         return plan
 
     @property
+    def uses_http(self) -> bool:
+        """Some reward (of training or of a held-out set) is the http reward server."""
+        return "http" in self.reward_names or any("http" in s.rewards for s in self.eval_sets)
+
+    @property
     def is_dataset(self) -> bool:
         """Rows read with Hugging Face datasets and scored by task.rewards (task.type dataset or gsm8k)."""
         return self.type in ("dataset", "gsm8k")
@@ -170,8 +174,7 @@ def check_dataset(cfg: TaskConfig) -> None:
     require(bool(cfg.reward_names), "task.rewards", list(cfg.rewards),
             "at least one reward, e.g. [math_verify] or [my_rewards:accuracy] (a function in my_rewards.py)")
     check_reward_list(cfg.reward_names, cfg.reward_weights, "task")
-    uses_http = "http" in cfg.reward_names or any("http" in s.rewards for s in cfg.eval_sets)
-    require(not uses_http or cfg.reward_url.startswith(("http://", "https://")), "task.reward_url", cfg.reward_url,
+    require(not cfg.uses_http or cfg.reward_url.startswith(("http://", "https://")), "task.reward_url", cfg.reward_url,
             "the reward server's http:// or https:// URL (the http reward POSTs each group there)")
     require(cfg.reward_http_timeout_s > 0, "task.reward_http_timeout_s", cfg.reward_http_timeout_s,
             "a positive number of seconds")

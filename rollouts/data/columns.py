@@ -1,7 +1,7 @@
 """Every row checked once, at load, column by column over the Arrow data (no Python loop over rows).
 
 A prompt column holds strings, or conversations: lists of ``{role, content}`` messages (TRL's conversational
-format). A prompt template reads other columns; the answer column and columns a reward names must be present
+format; one that ends with an assistant message is a prefill the model continues). A prompt template reads other columns; the answer column and columns a reward names must be present
 and hold strings (or numbers, for answers). The first bad row fails the load, naming its source, its row
 number there (0-based) and its column, with the fix.
 """
@@ -145,14 +145,6 @@ def _check_conversations(segment: Segment, column, name: str) -> None:
     if contents.null_count:
         at = _first(pc.is_null(contents))
         raise _row_error(segment, parents[at].as_py(), name, f"message {at - _offset(parents, at)} has no content")
-    lengths = pc.list_value_length(column)
-    last = pc.subtract(pc.cumulative_sum(lengths), 1)
-    trailing = pc.equal(pc.take(roles, last), "assistant")
-    if pc.any(trailing).as_py():
-        raise _row_error(segment, _first(trailing), name, "ends with an assistant message; the prompt must end "
-                                                          "with the turn the model answers (a user or tool turn)")
-
-
 def _offset(parents, at: int) -> int:
     """Index of the first message of the row that message ``at`` belongs to."""
     row = parents[at].as_py()

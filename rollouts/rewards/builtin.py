@@ -12,6 +12,7 @@ import re
 from areal.reward_terms import soft_overlong_penalty
 from rollouts.envs.code_reward import score_with_tests
 from rollouts.envs.sandbox import Sandbox, SandboxLimits
+from rollouts.prompt_format import prefill
 from rollouts.rewards.base import RewardInput, RewardSettings
 from rollouts.tasks.base import TaskSample
 
@@ -102,8 +103,9 @@ class MathVerifyReward:
 
 
 class ThinkFormatReward:
-    """1.0 when the completion (cut at ``<eos>``) is, after optional leading whitespace, exactly one
-    ``<think>...</think>`` block with non-blank thinking, followed by a non-blank answer; else 0.0.
+    """1.0 when the answer (cut at ``<eos>``) is, after optional leading whitespace, exactly one
+    ``<think>...</think>`` block with non-blank thinking, followed by a non-blank answer; else 0.0. The answer
+    is the completion after what the prompt prefilled of it (a conversation's final assistant message).
 
     Any other ``<think>`` or ``</think>`` anywhere (a second block, a stray tag in the answer) scores 0.0.
     """
@@ -112,8 +114,9 @@ class ThinkFormatReward:
         self.settings = settings
 
     def __call__(self, output: RewardInput, sample: TaskSample) -> float:
-        """Score one completion's format; the sample is not read."""
-        text = visible_text(output.text).lstrip()
+        """Score one answer's format: what the prompt prefilled of it (a final assistant message such as
+        "<think>") followed by the completion."""
+        text = visible_text(prefill(sample.prompt) + output.text).lstrip()
         if text.count(THINK_OPEN) != 1 or text.count(THINK_CLOSE) != 1 or not text.startswith(THINK_OPEN):
             return 0.0
         thinking, _, answer = text[len(THINK_OPEN):].partition(THINK_CLOSE)

@@ -104,6 +104,28 @@ def test_saved_model_is_a_merged_hf_model_with_a_peft_adapter_beside_it(base, tm
     assert torch.allclose(logits(adapted), ours, atol=1e-5, rtol=0)
 
 
+def test_the_saved_model_and_adapter_render_a_chat_exactly_as_the_base_does(base, tmp_path):
+    """A chat model's checkpoint keeps its chat template (transformers 5 writes it to chat_template.jinja) and
+    every other file of the base's tokenizer, in the merged folder and in the adapter's."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    chat_base = tmp_path / "chat-base"
+    shutil.copytree(base, chat_base)
+    tokenizer = AutoTokenizer.from_pretrained(chat_base)
+    tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant]"
+    tokenizer.save_pretrained(chat_base)
+    assert (chat_base / "chat_template.jinja").is_file()
+    learner = make(chat_base)
+    saved = learner.save_model_atomic(tmp_path / "model")
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    expected = AutoTokenizer.from_pretrained(chat_base).apply_chat_template(chat, tokenize=False)
+    for folder in (saved, saved / "adapter"):
+        assert AutoTokenizer.from_pretrained(folder).apply_chat_template(chat, tokenize=False) == expected
+    assert not (saved / "bootstrap.json").exists()
+
+
 def test_a_checkpoint_resumes_the_adapters_and_their_optimizer_exactly(base, tmp_path):
     first = make(base)
     for _ in range(2):  # k steps, then the checkpoint

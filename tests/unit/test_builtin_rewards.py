@@ -166,3 +166,14 @@ def test_every_builtin_survives_pickling_before_and_after_use(name):
     output, row = RewardInput("<think>t</think>```\ndef add(a, b):\n    return a + b\n```"), sample("1", tests=TESTS)
     first = reward(output, row)
     assert pickle.loads(pickle.dumps(reward))(output, row) == first
+
+
+def test_think_format_counts_what_the_prompt_prefilled_of_the_answer():
+    from rollouts.rewards.builtin import ThinkFormatReward
+
+    prefilled = TaskSample("p", ({"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "<think>"}),
+                           "4")
+    reward = ThinkFormatReward(RewardSettings())
+    assert reward(RewardInput("2 and 2 make 4.</think> 4"), prefilled) == 1.0
+    assert reward(RewardInput("2 and 2 make 4. 4"), prefilled) == 0.0  # never closed
+    assert reward(RewardInput("<think>again</think> 4"), prefilled) == 0.0  # a second block

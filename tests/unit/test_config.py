@@ -46,6 +46,45 @@ def test_bad_values_fail_at_load_naming_the_field(override, named):
         load_config([override])
 
 
+DATA = ["task.type=dataset", "task.path=data.parquet"]
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (["task.type=dataset"], "task.path"),
+        (DATA, r"task.rewards.*at least one reward"),
+        ([*DATA, "task.rewards=[mathverify]"], r"task.rewards.*'mathverify' is none of them"),
+        ([*DATA, "task.rewards=[math_verify,x:y]", "task.reward_weights=[1.0]"], r"task.reward_weights.*one weight"),
+        ([*DATA, "task.rewards=[http]"], r"task.reward_url.*http://"),
+        ([*DATA, "task.rewards=[http]", "task.reward_url=http://127.0.0.1:9/r", "task.reward_http_timeout_s=4"],
+         r"task.reward_timeout_s.*worst case"),
+        ([*DATA, "task.rewards=[math_verify]", "task.eval_k=-1"], "task.eval_k"),
+        ([*DATA, "task.rewards=[math_verify]", "task.eval_sets=[{name:eval,path:x.parquet}]"], "task.eval_sets"),
+        ([*DATA, "task.rewards=[math_verify]", "task.eval_sets=[{name:hard}]"], r"task.eval_sets\[hard\].path"),
+        ([*DATA, "task.rewards=[math_verify]", "task.eval_sets=[{name:hard,path:h.parquet,rewards:[nope]}]"],
+         r"task.eval_sets\[hard\].rewards"),
+        ([*DATA, "task.rewards=[math_verify]", "env.type=tools"], "env.type"),
+        (["task.eval_sets=[{name:hard,path:h.parquet}]"], r"task.eval_sets.*unless task.type=dataset"),
+        (["experiment=ddpo_tiny", "task.eval_k=4"], r"task.eval_k.*diffusers"),
+    ],
+)
+def test_dataset_and_reward_settings_fail_at_load_naming_the_key(overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        load_config(overrides)
+
+
+def test_a_dataset_task_composes_with_its_rewards_sets_and_gsm8k_defaults():
+    cfg, _ = load_config([*DATA, "task.rewards=[math_verify,my_rewards:fmt]", "task.reward_weights=[1,0.5]",
+                          "task.eval_k=4", "task.eval_sets=[{name:hard,path:h.parquet,k:0},{name:more,path:m.jsonl}]"])
+    assert cfg.task.is_dataset and cfg.task.reward_weights == [1.0, 0.5]
+    assert cfg.task.eval_plan() == {"eval": 4, "hard": 0, "more": 4}
+    cfg, _ = load_config(["task.type=gsm8k", "task.path=g.jsonl"])
+    assert cfg.task.reward_names == ["math_verify"] and cfg.task.template == "Question: {question}\nAnswer:"
+    cfg, _ = load_config([])  # the schema's defaults are not changed by the presets' types
+    assert cfg.task.template == "{a}{op}{b}=" and cfg.task.prompt_template == "" and cfg.task.reward_names == []
+
+
 def test_lora_is_off_by_default_and_set_per_key():
     cfg, _ = load_config([])
     assert cfg.learner.lora.rank == 0 and "q_proj" in cfg.learner.lora.target_modules

@@ -107,6 +107,19 @@ def test_chat_prompts_keep_their_system_turn_and_render_through_the_template(tmp
         == f"<system>Be brief.|<user>{sample.prompt[1]['content']}|<assistant>"
 
 
+def test_a_conversation_ending_with_the_assistant_is_a_prefill_the_model_continues(tmp_path, chat_tokenizer):
+    from rollouts.prompt_format import PromptFormat, prefill
+
+    rows = [{"prompt": [{"role": "user", "content": f"{i}+1"}, {"role": "assistant", "content": "<think>"}],
+             "answer": str(i + 1)} for i in range(4)]
+    task = load_dataset_task(config(path=str(write(tmp_path / "pre.parquet", rows)), eval_size=1,
+                                    max_model_len=128), chat_tokenizer)
+    sample = task.train[0]
+    rendered = PromptFormat("auto").render(chat_tokenizer, sample.prompt)
+    assert rendered.endswith("|<assistant><think>|") or rendered.endswith("<assistant><think>")
+    assert prefill(sample.prompt) == "<think>" and prefill("text") == ""
+
+
 def test_chat_prompts_need_a_chat_template(tmp_path, char_tokenizer, chat_tokenizer):
     rows = [{"prompt": [{"role": "user", "content": "1+1"}], "answer": "2"}] * 4
     path = str(write(tmp_path / "chat.parquet", rows))
@@ -133,9 +146,6 @@ def test_a_bad_row_names_the_file_the_row_and_the_column(tmp_path, char_tokenize
     ([{"prompt": "1", "answer": [1]}] * 3, "column 'answer': holds list<item: int64>; expected the reference"),
     ([{"prompt": [{"role": "user", "content": "q"}], "answer": "1"},
       {"prompt": [{"role": "robot", "content": "q"}], "answer": "1"}], "row 1 .* message 0 has role 'robot'"),
-    ([{"prompt": [{"role": "user", "content": "q"}], "answer": "1"},
-      {"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "answer": "1"}],
-     "row 1 .* ends with an assistant message"),
     ([{"prompt": [{"role": "user", "content": "q"}], "answer": "1"}, {"prompt": [], "answer": "1"}],
      "row 1 .* empty conversation"),
 ])

@@ -103,3 +103,12 @@ def test_the_driver_evaluates_every_set_and_writes_what_the_model_wrote(tmp_path
     assert [r["id"] for r in rows] == ["a", "b", "c"] and rows[0]["correct"] and rows[0]["reference"] == "1"
     assert rows[1]["failure"] == "timeout: why" and len(rows[2]["samples"]) == 2
     assert (tmp_path / "generations" / "hard" / "step-000003.jsonl").exists()
+
+
+def test_the_console_line_of_a_set():
+    from areal.evaluation import describe_set
+
+    metrics = {"eval/hard/accuracy": 0.25, "eval/hard/pass@4": 0.5, "eval/hard/length_mean": 41.2,
+               "eval/hard/truncated": 0.05, "eval/hard/failures": 2.0}
+    assert describe_set("hard", metrics, 4) == "hard: accuracy 0.250 (pass@4 0.500, 41 tokens, 5% truncated, 2 failed)"
+    assert describe_set("eval", {"eval/reward": -1.25, "eval/failures": 0.0}, 0) == "reward -1.250"
