@@ -1,12 +1,12 @@
 """Multi-step arithmetic word problems as a chat dataset, the data of the ``smollm2_reasoning`` preset.
 
 Each row is what a user's reasoning dataset looks like: a ``prompt`` column of chat messages (a system turn
-asking for the reasoning inside ``<think>...</think>`` and then the bare answer, with an example; the question
+asking for the reasoning inside ``<think>...</think>`` and then the bare answer; the question
 as the user turn; and the assistant's answer opened with "<think>", which the model continues: without it
 SmolLM2-135M never writes the tag, so a format reward would have nothing to reinforce) and an ``answer``
 column with the number. Three splits, written once as parquet files and cached:
 
-- ``train`` and ``test`` (in-distribution): two steps with small numbers ("has 7, buys 5 more, gives away 3");
+- ``train`` and ``test`` (in-distribution): two steps with small numbers ("has 5, gets 3 more, gives away 2");
 - ``hard`` (held out, harder): three steps, larger numbers, a multiplication among them.
 
 Sized for SmolLM2-135M-Instruct, which solves a few of the two-step ones and fewer of the hard ones before
@@ -21,9 +21,7 @@ from pathlib import Path
 
 VERSION = "v1"  # bump when the problems change: the cache keeps one folder per version
 SPLITS = {"train": 4000, "test": 200, "hard": 200}
-SYSTEM = ("You solve math word problems. Think step by step inside <think> and </think>, then write only the "
-          "final answer as a number. Example: Ann has 2 cats and gets 3 more, then 1 runs away. How many cats? "
-          "<think>2 + 3 = 5. 5 - 1 = 4.</think> 4")
+SYSTEM = "Think briefly inside <think> and </think>, then write only the final answer as a number."
 PREFILL = "<think>"  # the answer starts inside the reasoning: the model continues it (a final assistant message)
 NAMES = ("Tom", "Anna", "Ben", "Maria", "Sam", "Lena", "Omar", "Kim", "Leo", "Zoe")
 ITEMS = ("apples", "marbles", "stickers", "books", "coins", "pencils", "cards", "shells")
@@ -31,17 +29,17 @@ ITEMS = ("apples", "marbles", "stickers", "books", "coins", "pencils", "cards", 
 
 def _two_step(r: random.Random) -> tuple[str, int]:
     name, item = r.choice(NAMES), r.choice(ITEMS)
-    a, b = r.randint(2, 9), r.randint(2, 9)
+    a, b = r.randint(2, 6), r.randint(2, 6)
     kind = r.randrange(3)
     if kind == 0:
-        c = r.randint(1, a + b - 1)
+        c = r.randint(1, 3)
         return f"{name} has {a} {item}. {name} gets {b} more and then gives away {c}. How many {item} does " \
                f"{name} have now?", a + b - c
     if kind == 1:
-        c = r.randint(2, 9)
+        c = r.randint(1, 3)
         return f"{name} has {a} {item} and buys {b} more. Then {name} buys {c} more. How many {item} does " \
                f"{name} have?", a + b + c
-    c = r.randint(1, a - 1) if a > 1 else 0
+    c = r.randint(1, a - 1)
     return f"{name} had {a} {item}, lost {c}, and then found {b}. How many {item} does {name} have now?", a - c + b
 
 
