@@ -19,7 +19,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from areal.config import TrainConfig
 from rollouts.envs.base import StepResult
-from rollouts.envs.pool import EnvironmentFailed, EnvironmentHost, EpisodeStart
+from rollouts.envs.pool import EnvironmentFailed, EnvironmentHost, EpisodeStart, ThreadSlots
 from rollouts.tasks.base import TaskSample
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class RayEnvironmentPool:
         self.replaced = 0
         self.workers = [self._start() for _ in range(cfg.env.workers)]
         self.open_episodes = {id(w): 0 for w in self.workers}
+        self.slots = {id(w): ThreadSlots(cfg.env.concurrency) for w in self.workers}  # each worker's free threads
         # a worker that cannot start (its environment does not build) fails the rollout worker's start, named
         ray.get([w.ready.remote() for w in self.workers], timeout=cfg.rollout.start_timeout_s)
 
@@ -76,9 +77,22 @@ class RayEnvironmentPool:
         self.workers[self.workers.index(worker)] = fresh
         self.open_episodes.pop(id(worker), None)
         self.open_episodes[id(fresh)] = 0
+        self.slots[id(fresh)] = ThreadSlots(self.cfg.env.concurrency)
         self.replaced += 1
 
     async def call(self, worker, what: str, method: str, *args):
+        """``method`` on ``worker`` once one of its threads is free, under ``env.step_timeout_s`` from then: the
+        timeout measures the environment's work, not the wait behind other episodes' steps."""
+        slots = self.slots[id(worker)]
+        await slots.acquire()
+        try:
+            if worker not in self.workers:
+                raise EnvironmentFailed("its environment worker was replaced after another episode's failure")
+            return await self._timed(worker, what, method, *args)
+        finally:
+            slots.release()
+
+    async def _timed(self, worker, what: str, method: str, *args):
         try:
             return await asyncio.wait_for(getattr(worker, method).remote(*args), self.timeout_s)
         except asyncio.TimeoutError:

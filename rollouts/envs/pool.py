@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -97,6 +98,45 @@ def _close_quietly(env: Environment) -> None:
         pass
 
 
+class ThreadSlots:
+    """The free threads of one environment host, as the caller counts them: a call waits for a slot *before* its
+    timeout starts, so ``env.step_timeout_s`` times an environment's own work and never the queue behind other
+    episodes (with more open episodes than threads, healthy slow steps were timing out).
+
+    The count of busy threads is the truth (a thread that outlives its call, timed out, stays busy); the asyncio
+    semaphore that callers wait on is rebuilt from it for each event loop, and a slot goes back to whichever
+    loop is current when its thread ends.
+    """
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self._busy, self._lock = 0, threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._free: asyncio.Semaphore | None = None
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a semaphore belongs to one event loop
+            with self._lock:
+                self._loop, self._free = loop, asyncio.Semaphore(max(0, self.threads - self._busy))
+        return self._free
+
+    async def acquire(self) -> None:
+        await self._semaphore().acquire()
+        with self._lock:
+            self._busy += 1
+
+    def release(self) -> None:
+        """A thread is free again; callable from any thread."""
+        with self._lock:
+            self._busy -= 1
+            loop, free = self._loop, self._free
+        try:
+            loop.call_soon_threadsafe(free.release)
+        except RuntimeError:
+            pass  # that loop is closed: the next one's semaphore starts from the busy count
+
+
 class LocalEnvironmentPool:
     """Environments in threads of this process, each call under ``step_timeout_s``. For tests and debugging: a
     hung environment keeps its thread (threads cannot be stopped); environment workers are replaced instead."""
@@ -105,17 +145,25 @@ class LocalEnvironmentPool:
         self.host = EnvironmentHost(make_env)
         self.timeout_s = step_timeout_s
         self._threads = ThreadPoolExecutor(threads, thread_name_prefix="environment")
+        self._slots = ThreadSlots(threads)
         self._ids = itertools.count()
 
     async def _call(self, what: str, fn, *args):
-        future = asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
+        await self._slots.acquire()
+        future = asyncio.get_running_loop().run_in_executor(self._threads, self._in_slot, fn, *args)
         try:
-            return await asyncio.wait_for(future, self.timeout_s)
+            return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
         except asyncio.TimeoutError:
             raise EnvironmentFailed(f"environment {what} timed out after {self.timeout_s:g} s "
                                     "(env.step_timeout_s)") from None
         except Exception as exc:
             raise EnvironmentFailed(f"environment {what} failed: {type(exc).__name__}: {exc}") from exc
+
+    def _in_slot(self, fn, *args):
+        try:
+            return fn(*args)
+        finally:  # the slot comes back when the thread does: a timed-out call's thread is still busy
+            self._slots.release()
 
     async def open(self, sample: TaskSample) -> EpisodeEnvironment:
         episode = f"local-{next(self._ids)}"

@@ -34,6 +34,9 @@ class Scripted(Environment):
         if action == "slow":
             time.sleep(1.5)
             return StepResult("slept")
+        if action == "brief":
+            time.sleep(0.3)
+            return StepResult("done briefly")
         if action == "hang":
             time.sleep(60)
         return StepResult(reward=float(action == "2"), done=True)
@@ -98,3 +101,29 @@ def test_a_step_past_the_timeout_fails_the_episode_and_replaces_its_worker(pool)
         play(pool, "hang")
     assert pool.replaced == before + 1
     assert play(pool, "2")[0].reward == 1.0
+
+
+def test_healthy_steps_queued_behind_busy_threads_do_not_time_out(ray_session):
+    """16 episodes at once on one worker of 2 threads, each step 0.3 s against a 1 s timeout: the steps wait
+    for a free thread before their clock starts, so none times out and the worker is not replaced."""
+    from actors.env_worker import RayEnvironmentPool
+    from launch.config_loader import load_config
+
+    cfg, _ = load_config(["env.type=custom", f"env.factory={__name__}:Scripted", "env.step_timeout_s=1",
+                          "env.workers=1", "env.concurrency=2"])
+    pool = RayEnvironmentPool(cfg, "", owner="queue-test")
+    try:
+        async def episode():
+            env = await pool.open(SAMPLE)
+            try:
+                return (await env.step("brief")).observation
+            finally:
+                await env.close()
+
+        async def go():
+            return await asyncio.gather(*(episode() for _ in range(16)), return_exceptions=True)
+
+        results = asyncio.run(go())
+        assert results == ["done briefly"] * 16 and pool.replaced == 0
+    finally:
+        pool.close()
