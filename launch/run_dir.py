@@ -13,7 +13,9 @@ from pathlib import Path
 
 from areal.config import TrainConfig
 
-RUN_MARKER = "config.yaml"  # every run writes its resolved config first: its presence marks a run directory
+# areal's own mark on a directory it made for a run: overwrite=true deletes only what carries it (a config.yaml alone
+# proves nothing: out_dir=. in a project with one would have emptied the project)
+RUN_MARKER = ".areal-run"
 
 
 class RunDirError(ValueError):
@@ -40,8 +42,7 @@ def prepare_run_dir(cfg: TrainConfig, resumable: bool) -> Path:
         raise RunDirError(f"out_dir={out} is a file; give a directory for the run")
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if not entries or (resumable and continues_run_in(cfg, out)):
-        out.mkdir(parents=True, exist_ok=True)
-        return out
+        return mark(out)
     if not cfg.overwrite:
         held = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
         why = ("checkpoint.resume=true found no complete checkpoint there to continue from"
@@ -49,9 +50,17 @@ def prepare_run_dir(cfg: TrainConfig, resumable: bool) -> Path:
         raise RunDirError(f"out_dir={out} already holds a run ({held}): {why}; replace it with overwrite=true, "
                           "or choose another out_dir")
     if RUN_MARKER not in entries:
-        raise RunDirError(f"overwrite=true: out_dir={out} is not empty and holds no {RUN_MARKER}, so it is not a "
-                          "run directory; refusing to delete it: choose another out_dir")
+        raise RunDirError(f"overwrite=true: out_dir={out} holds no {RUN_MARKER} (the file areal writes into every "
+                          "run directory it makes), so it is not a run directory; refusing to delete it: choose "
+                          "another out_dir, or empty it yourself")
     for name in entries:
         path = out / name
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    return mark(out)
+
+
+def mark(out: Path) -> Path:
+    """Create ``out`` (if needed) and mark it as a run directory areal made."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_MARKER).touch()
     return out

@@ -8,6 +8,7 @@ from launch.run_dir import RunDirError, prepare_run_dir
 
 def earlier_run(path):
     (path / "checkpoints" / "step-00000040").mkdir(parents=True)
+    (path / ".areal-run").touch()
     (path / "config.yaml").write_text("seed: 0\n")
     (path / "metrics.jsonl").write_text('{"step": 40}\n')
     return path
@@ -56,7 +57,7 @@ def test_resuming_another_run_into_a_used_directory_is_refused(tmp_path):
 def test_overwrite_replaces_an_earlier_run(tmp_path):
     run = earlier_run(tmp_path / "run")
     assert prepare_run_dir(config(run, overwrite=True), resumable=False) == run
-    assert list(run.iterdir()) == []
+    assert [p.name for p in run.iterdir()] == [".areal-run"]
 
 
 def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path):
@@ -66,6 +67,23 @@ def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_overwrite_of_a_project_with_a_config_yaml_of_its_own_deletes_nothing(tmp_path):
+    """out_dir=. in a project root that happens to hold a config.yaml (the old mark of a run) is refused."""
+    (tmp_path / "config.yaml").write_text("my: project\n")
+    (tmp_path / "src").mkdir()
+    with pytest.raises(RunDirError, match=r"holds no \.areal-run"):
+        prepare_run_dir(config(tmp_path, overwrite=True), resumable=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "src"]
+
+
+def test_every_run_directory_is_marked_and_overwrite_keeps_the_mark(tmp_path):
+    out = prepare_run_dir(config(tmp_path / "new"), resumable=False)
+    assert (out / ".areal-run").exists()
+    (out / "metrics.jsonl").write_text("{}\n")
+    prepare_run_dir(config(out, overwrite=True), resumable=False)
+    assert sorted(p.name for p in out.iterdir()) == [".areal-run"]
+
+
 def test_areal_train_into_a_used_directory_fails_before_starting_anything(tmp_path, capsys):
     from launch.cli import main
 
@@ -73,4 +91,4 @@ def test_areal_train_into_a_used_directory_fails_before_starting_anything(tmp_pa
     assert main(["train", "experiment=arith_tiny", f"out_dir={run}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("areal train: out_dir=") and "overwrite=true" in err
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == [".areal-run", "checkpoints", "config.yaml", "metrics.jsonl"]
