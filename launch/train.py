@@ -162,6 +162,23 @@ def check_resume_fits(resume: tuple[Path, dict], cfg: TrainConfig, dataset_diges
                               "the same settings, or start a new run in another out_dir")
 
 
+def leave_later_timeline(cfg: TrainConfig, resume: tuple[Path, dict]) -> list[Path]:
+    """Resuming an earlier step of this out_dir (a rollback, or past a newer checkpoint that did not verify): its
+    later checkpoints belong to a timeline the run leaves; they are moved aside (and named on the console) so
+    that a later resume or learner recovery never restores them."""
+    from learners.checkpoint import CheckpointStore
+
+    store = CheckpointStore(Path(cfg.out_dir) / "checkpoints", cfg.checkpoint.keep_last)
+    path, manifest = resume
+    if not store.root.is_dir() or Path(path).resolve().parent != store.root.resolve():
+        return []
+    moved = store.set_aside(int(manifest["step"]))
+    if moved:
+        log.warning("resuming step %d of this run: the checkpoints after it (%s) are moved to %s and will not be "
+                    "restored", int(manifest["step"]), ", ".join(p.name for p in moved), moved[0].parent)
+    return moved
+
+
 def make_batcher(cfg: TrainConfig, model_path: str):
     """Token batches with the configured advantage for text; chain batches with DDPO's per-prompt
     normalisation for diffusion."""
@@ -236,6 +253,7 @@ def train(cfg: TrainConfig, resolved_yaml: str) -> dict:
         log.info("%s", line, extra=MILESTONE)
     if resume is not None:
         check_resume_fits(resume, cfg, task.digest(), model_path)
+        leave_later_timeline(cfg, resume)
     started_ray = init_ray(cfg)
     stop_on_signals()  # after ray.init, whose core replaced the SIGTERM handler
     driver = None

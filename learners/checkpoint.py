@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -198,7 +199,8 @@ class CheckpointStore:
                 fh.flush()
                 os.fsync(fh.fileno())
             files[name] = sha256(staging / name)
-        manifest = {"format": FORMAT, **meta, "files": dict(sorted(files.items()))}
+        # commit order, not step order, decides what pruning keeps (a resumed run commits lower steps again)
+        manifest = {"format": FORMAT, **meta, "committed_ns": time.time_ns(), "files": dict(sorted(files.items()))}
         with open(staging / MANIFEST, "w") as fh:
             json.dump(manifest, fh, indent=1)
             fh.flush()
@@ -207,7 +209,7 @@ class CheckpointStore:
         fsync_dir(staging)
         replace_dir(staging, final)  # the same step saved again (e.g. a resumed run) is replaced whole
         fsync_dir(self.root)
-        self.prune()
+        self.prune(keep=final)
         return final
 
     def steps(self) -> list[Path]:
@@ -216,8 +218,21 @@ class CheckpointStore:
             return []
         return sorted(p for p in self.root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
 
-    def prune(self) -> None:
-        for old in self.steps()[: -self.keep_last]:
+    def committed_order(self) -> list[Path]:
+        """Committed checkpoint directories, the earliest commit first (a directory without a readable manifest
+        first of all); checkpoints of older versions, which record no commit time, by their manifest's mtime."""
+        def when(path: Path) -> tuple[int, int]:
+            try:
+                manifest = json.loads((path / MANIFEST).read_text())
+                return 1, int(manifest.get("committed_ns") or (path / MANIFEST).stat().st_mtime_ns)
+            except (OSError, ValueError, AttributeError):
+                return 0, 0
+        return sorted(self.steps(), key=lambda p: (*when(p), p.name))
+
+    def prune(self, keep: Path | None = None) -> None:
+        """Delete all but the ``keep_last`` newest commits; ``keep`` (the checkpoint just committed) always stays."""
+        order = [p for p in self.committed_order() if p != keep]
+        for old in order[: max(0, len(order) - (self.keep_last - (keep is not None)))]:
             shutil.rmtree(old, ignore_errors=True)
         for stale in self.root.glob(".staging-step-*"):  # saves that died before committing
             if stale.is_dir() and not any(stale.samefile(p) for p in self.steps()):
@@ -253,6 +268,22 @@ class CheckpointStore:
             if sha256(file) != expected:
                 raise CheckpointError(f"{path}: {rel} does not match its sha256 in the manifest (corrupted)")
         return manifest
+
+    def set_aside(self, after_step: int) -> list[Path]:
+        """Move the checkpoints of steps after ``after_step`` into ``abandoned-<time>/``: a run that resumes an
+        earlier step of its own out_dir (a rollback, or past a checkpoint that failed to verify) leaves that
+        timeline, which a later resume or learner recovery must not restore. Returns where they went."""
+        later = [p for p in self.steps() if int(_STEP_DIR.match(p.name).group(1)) > after_step]
+        if not later:
+            return []
+        aside = self.root / f"abandoned-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        aside.mkdir()
+        moved = []
+        for path in later:
+            path.rename(aside / path.name)
+            moved.append(aside / path.name)
+        fsync_dir(self.root)
+        return moved
 
     def latest_valid(self) -> tuple[Path, dict] | None:
         """The newest checkpoint that verifies; refused ones are logged with why and skipped."""

@@ -151,3 +151,51 @@ def test_every_checkpoint_file_and_directory_reaches_stable_storage_before_commi
     staged = {p.split("/.staging-step-00000002-")[-1].split("/", 1)[-1] for p in synced if ".staging-" in p}
     assert set(files) | {"manifest.json"} <= staged
     assert str(tmp_path) in synced  # the rename into place
+
+
+def test_pruning_keeps_the_newest_commits_not_the_highest_steps(tmp_path):
+    """keep_last=1: the newest checkpoint fails to verify, the run resumes from an older one and commits a lower
+    step than the broken one; that fresh commit is kept, and the run can resume from it."""
+    store = CheckpointStore(tmp_path, keep_last=2)
+    save(store, 30)
+    save(store, 40)
+    (tmp_path / "step-00000040" / "model" / "model.safetensors").write_bytes(b"torn")
+    assert store.latest_valid()[0].name == "step-00000030"
+    store.keep_last = 1
+    save(store, 35)  # the resumed run's next checkpoint
+    assert [p.name for p in store.steps()] == ["step-00000035"]
+    assert store.latest_valid()[0].name == "step-00000035"
+
+
+def test_the_checkpoint_just_committed_is_never_pruned(tmp_path):
+    store = CheckpointStore(tmp_path, keep_last=1)
+    for step in (10, 20, 5):
+        save(store, step)
+    assert [p.name for p in store.steps()] == ["step-00000005"]
+
+
+def test_a_rollback_moves_the_abandoned_timeline_aside(tmp_path):
+    store = CheckpointStore(tmp_path, keep_last=5)
+    for step in (10, 20, 30):
+        save(store, step)
+    moved = store.set_aside(after_step=10)
+    assert [p.name for p in moved] == ["step-00000020", "step-00000030"]
+    assert moved[0].parent.name.startswith("abandoned-") and all(p.is_dir() for p in moved)
+    assert [p.name for p in store.steps()] == ["step-00000010"] and store.latest_valid()[0].name == "step-00000010"
+    assert store.set_aside(after_step=10) == []
+
+
+def test_resuming_an_earlier_step_of_the_same_run_leaves_the_later_ones_behind(tmp_path, caplog):
+    from areal.config import CheckpointConfig, TrainConfig
+    from launch.train import find_resume_checkpoint, leave_later_timeline
+
+    store = CheckpointStore(tmp_path / "checkpoints", keep_last=5)
+    for step in (10, 20, 30):
+        save(store, step)
+    cfg = TrainConfig(out_dir=str(tmp_path), checkpoint=CheckpointConfig(
+        resume_from=str(tmp_path / "checkpoints" / "step-00000020"), keep_last=5))
+    resume = find_resume_checkpoint(cfg)
+    moved = leave_later_timeline(cfg, resume)
+    assert [p.name for p in moved] == ["step-00000030"] and "step-00000030" in caplog.text
+    resumed = TrainConfig(out_dir=str(tmp_path), checkpoint=CheckpointConfig(resume=True, keep_last=5))
+    assert find_resume_checkpoint(resumed)[0].name == "step-00000020"  # not the abandoned step 30
