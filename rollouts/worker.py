@@ -10,6 +10,7 @@ import asyncio
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 from typing import Awaitable, Callable, Protocol
@@ -127,8 +128,9 @@ class RolloutWorker:
                 raise WeightsUnavailable(f"load_weights: {len(gone)} of {len(manifest.buckets)} bucket files of "
                                          f"version {version} are gone, e.g. {gone[0]}")
         if manifest.adapter_config:  # LoRA adapters alone: a folder the engine serves as a LoRA request
-            target = self.weights_root / f"adapter-v{version:06d}"
-            shutil.rmtree(target, ignore_errors=True)
+            # a folder of its own per publication: the same version published again must never overwrite (or
+            # delete) the folder of the adapter the engine is serving
+            target = self.weights_root / f"adapter-v{version:06d}-{uuid.uuid4().hex[:8]}"
             await stage_adapter(manifest, fetch, target)
             try:
                 await self.engine.update_weights(LoraAdapter(str(target), version), version)

@@ -31,9 +31,21 @@ class AdapterVersions:
     def make_current(self, adapter: LoadedAdapter) -> None:
         """New requests get ``adapter`` from now on; the one it replaces stays until its requests finish."""
         if adapter.version in self._loaded:
-            raise ValueError(f"adapter version {adapter.version} is already loaded")
+            raise ValueError(f"adapter version {adapter.version} is already loaded: reinstate it instead")
         self._loaded[adapter.version] = adapter
         self.version, self.current = adapter.version, adapter
+
+    def get(self, version: int) -> LoadedAdapter | None:
+        """The adapter loaded for ``version``, if any."""
+        return self._loaded.get(version)
+
+    def reinstate(self, version: int) -> LoadedAdapter:
+        """Make the adapter already loaded for ``version`` current again: a version published a second time (a
+        learner group restored from a checkpoint republishes the version it saved, which the engines usually
+        serve already) holds the same weights, so nothing is loaded."""
+        adapter = self._loaded[version]
+        self.version, self.current = version, adapter
+        return adapter
 
     def acquire(self) -> tuple[int, object | None]:
         """(version, adapter handle or None) for a request that starts now; ``release(version)`` when it ends."""

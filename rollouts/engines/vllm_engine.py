@@ -266,6 +266,14 @@ class VLLMEngine(Engine):
 
         async with self._update_lock:
             start = time.perf_counter()
+            loaded = self._adapters.get(version)
+            if loaded is not None:  # published again (a learner recovery): the same weights are loaded already
+                self._adapters.reinstate(version)
+                if Path(adapter.path).resolve() != Path(loaded.path).resolve():
+                    shutil.rmtree(adapter.path, ignore_errors=True)
+                await self._retire()
+                self.last_update = {"seconds": time.perf_counter() - start}
+                return self.last_update["seconds"]
             self._adapter_ids += 1
             request = LoRARequest(f"areal-v{version}", self._adapter_ids, adapter.path)
             try:

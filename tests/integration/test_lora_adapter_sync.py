@@ -139,7 +139,23 @@ def test_requests_in_flight_finish_on_their_adapter_and_old_adapters_are_unloade
     torch.testing.assert_close(torch.tensor(new.logprobs), expected, atol=2e-4, rtol=1e-4)
     loop.run_until_complete(asyncio.sleep(0.2))  # the first adapter is retired once its last request ends
     folders = sorted(p.name for p in (worker.weights_root).glob("adapter-v*"))
-    assert folders == [f"adapter-v{second.version:06d}"]
+    assert len(folders) == 1 and folders[0].startswith(f"adapter-v{second.version:06d}-")
+
+
+def test_a_version_published_again_after_a_learner_recovery_is_harmless(loop, learner, worker):
+    """A restored learner group republishes the checkpoint's version, which the engine serves already: the served
+    adapter's folder stays, nothing is loaded twice, requests go on with that version."""
+    manifest = new_adapters(learner, seed=6)
+    publish(loop, worker, manifest)
+    served = sorted(worker.weights_root.glob(f"adapter-v{manifest.version:06d}-*"))
+    again = learner.weights_manifest(1 << 20, root=str(Path(learner.lora.base_path).parent / "exports"))
+    assert again.version == manifest.version
+    publish(loop, worker, again)
+    assert sorted(worker.weights_root.glob(f"adapter-v{manifest.version:06d}-*")) == served
+    assert all((folder / "adapter_model.safetensors").exists() for folder in served)
+    (completion,) = loop.run_until_complete(worker.engine.generate(PROMPTS[2], SamplingConfig(max_new_tokens=6,
+                                                                                              temperature=0.0)))
+    assert worker.engine.version == manifest.version and completion.versions == (manifest.version,) * 6
 
 
 def test_a_merged_or_bucket_update_is_refused_by_an_engine_serving_adapters(loop, worker, learner):

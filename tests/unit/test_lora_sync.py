@@ -81,8 +81,14 @@ def test_the_current_adapter_is_never_retired_even_when_idle():
     assert versions.retire() == []
 
 
-def test_loading_a_version_twice_is_refused():
+def test_loading_a_version_twice_is_refused_but_a_loaded_one_can_be_reinstated():
     versions = AdapterVersions()
     versions.make_current(adapter(1))
     with pytest.raises(ValueError, match="already loaded"):
         versions.make_current(adapter(1))
+    first = versions.acquire()
+    versions.make_current(adapter(2))
+    assert versions.get(1) is not None and versions.get(7) is None
+    assert versions.reinstate(1).version == 1 and versions.acquire() == (1, "request-1")  # rolled back to 1
+    versions.release(first[0])
+    assert [a.version for a in versions.retire()] == [2]
