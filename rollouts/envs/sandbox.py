@@ -1,12 +1,13 @@
 """Run untrusted, model-written Python programs in Linux namespaces under hard limits (docs/sandbox.md).
 
-Each run gets fresh mount, PID, network, IPC, UTS and cgroup namespaces (util-linux ``unshare``); inside,
-``sandbox_boot.py`` builds a read-only root of the system directories and the interpreter only, with a
-size-limited tmpfs as the working directory, and runs the program as an unprivileged uid with no
-capabilities, no_new_privs and rlimits. The host enforces the wall clock by killing the namespace's init,
-which takes every process in the namespace with it. Nothing runs until ``probe_isolation()`` has proved,
-with programs run inside, that the isolation holds; ``Sandbox(insecure=True)`` skips the namespaces and the
-probe (development only: rlimits and timeouts still apply).
+Each run gets fresh mount, PID, network, IPC, UTS and cgroup namespaces (util-linux ``unshare``) and, where
+this process may create cgroups, a cgroup of its own with a memory and a task limit (``sandbox_cgroup.py``);
+inside, ``sandbox_boot.py`` builds a read-only root of the system directories and the interpreter only, with
+a size-limited tmpfs as the working directory, and runs the program as an unprivileged uid with no
+capabilities, no_new_privs, a seccomp filter and rlimits. The host enforces the wall clock by killing the
+namespace's init, which takes every process in the namespace with it. Nothing runs until
+``probe_isolation()`` has proved, with programs run inside, that the isolation holds; ``Sandbox(insecure=True)``
+skips the namespaces and the probe (development only: rlimits and timeouts still apply).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Iterator, Literal
 
+from rollouts.envs.sandbox_capture import READ_CHUNK, capture, children_of, kill_group, kill_namespace
+from rollouts.envs.sandbox_cgroup import CgroupSetupError, CgroupTree, RunCgroup, create_run_cgroup, find_cgroup_tree
 from rollouts.envs.sandbox_probe import ProbeReport, check_isolation
 
 SandboxStatus = Literal["ok", "error", "timeout", "memory", "output_limit"]
@@ -42,12 +45,13 @@ HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 BOOT = str(Path(__file__).with_name("sandbox_boot.py"))
 MEMORY_ERROR = re.compile(rb"MemoryError|Cannot allocate memory|[Oo]ut of memory")
 UNSHARE_KILL_NOTE = re.compile(rb"unshare: [^\n]*\n?\Z")
-READ_CHUNK = 1 << 16
+INIT_START_S = 5.0
+MEMLOCK_BYTES = 64 << 10  # the kernel's usual default, set rather than inherited: no program here needs mlock
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Per-run limits; every process of the program gets the per-process ones."""
+    """Per-run limits: every process of the program gets the per-process ones, the run's cgroup the totals."""
 
     cpu_seconds: int = 5
     """RLIMIT_CPU of each process: SIGXCPU at this many CPU seconds, SIGKILL one second later."""
@@ -63,12 +67,25 @@ class SandboxLimits:
     """Cap on captured stdout and on captured stderr, each; past it the run is killed (status output_limit)."""
     tmpfs_mb: int = 64
     """Size of the tmpfs working directory, in MiB (it counts against host memory)."""
+    total_memory_mb: int | None = None
+    """Memory of all the run's processes together, in MiB: the run's cgroup limit (no swap), counting
+    anonymous memory, tmpfs pages and kernel memory (socket buffers); past it the kernel kills the largest
+    process. None: ``memory_mb + tmpfs_mb``, one process at its limit with a full work dir. Needs a writable
+    cgroup tree; without one only the per-process limits hold (docs/sandbox.md)."""
+    max_open_files: int = 256
+    """RLIMIT_NOFILE of each process; it also caps the file descriptors in flight over Unix sockets."""
 
     def __post_init__(self):
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
-            if not value > 0:
+            if not (value is None and name == "total_memory_mb") and not value > 0:
                 raise ValueError(f"SandboxLimits.{name}: got {value!r}, expected a positive number")
+
+    @property
+    def total_memory_bytes(self) -> int:
+        """``total_memory_mb`` (or its default) in bytes."""
+        mib = self.memory_mb + self.tmpfs_mb if self.total_memory_mb is None else self.total_memory_mb
+        return mib << 20
 
 
 @dataclass(frozen=True)
@@ -77,7 +94,8 @@ class SandboxResult:
 
     status: SandboxStatus
     """ok: exit 0; error: other exit or a signal; timeout: wall clock or CPU limit; memory: out of address
-    space; output_limit: stdout or stderr passed ``max_output_bytes`` and the run was killed."""
+    space, or the run's cgroup reached ``total_memory_mb`` and a process was killed for it; output_limit:
+    stdout or stderr passed ``max_output_bytes`` and the run was killed."""
     exit_code: int | None
     """The program's exit status, minus the signal number if a signal ended it, None if the host killed it."""
     stdout: str
@@ -116,7 +134,7 @@ class Sandbox:
         report = await probe_isolation_async()
         if not report.ok:
             raise SandboxUnavailableError(report.explain())
-        return await _run_isolated(source, data, self.limits)
+        return await _run_isolated(source, data, self.limits, _cgroups)
 
     def run(self, source: str, stdin: str | bytes = b"") -> SandboxResult:
         """Blocking ``run_async``, for code without an event loop."""
@@ -124,22 +142,33 @@ class Sandbox:
 
 
 _probe_report: ProbeReport | None = None
+_cgroups: CgroupTree | None = None  # the tree the cached probe ran with: every run uses the same
 PROBE_LIMITS = SandboxLimits(cpu_seconds=5, wall_seconds=20.0, memory_mb=256, max_processes=8)
 
 
 async def probe_isolation_async() -> ProbeReport:
-    """Prove the isolation by running probe programs inside the sandbox; cached for the process."""
-    global _probe_report
-    if _probe_report is None:
+    """Prove the isolation by running probe programs inside the sandbox.
+
+    A probe that ran to completion (every check executed, passed or failed) is cached for the process. One that
+    could not run (the sandbox could not be built, the probe program did not finish: causes that may pass, such
+    as a failed fork under load) is not, so the next call probes again instead of failing every later run."""
+    global _probe_report, _cgroups
+    if _probe_report is not None:
+        return _probe_report
+    try:
+        cgroups = find_cgroup_tree()
+        expected = None if cgroups is None else {
+            "limits": cgroups.limit_files(*_cgroup_bounds(PROBE_LIMITS)), "procs": cgroups.procs_files()}
 
         async def run(source: str, stdin: bytes) -> SandboxResult:
-            return await _run_isolated(source, stdin, PROBE_LIMITS)
+            return await _run_isolated(source, stdin, PROBE_LIMITS, cgroups)
 
-        try:
-            _probe_report = await check_isolation(run, _rlimits(PROBE_LIMITS))
-        except (SandboxSetupError, OSError) as e:
-            _probe_report = ProbeReport.setup_failed(f"{type(e).__name__}: {e}")
-    return _probe_report
+        report = await check_isolation(run, _rlimits(PROBE_LIMITS), expected)
+    except (SandboxSetupError, OSError) as e:
+        return ProbeReport.setup_failed(f"{type(e).__name__}: {e}")
+    if report.complete:
+        _probe_report, _cgroups = report, cgroups
+    return report
 
 
 def probe_isolation() -> ProbeReport:
@@ -155,7 +184,25 @@ def _rlimits(limits: SandboxLimits) -> dict[str, list[int]]:
         "RLIMIT_NPROC": [limits.max_processes] * 2,
         "RLIMIT_FSIZE": [limits.max_file_mb * mib] * 2,
         "RLIMIT_CORE": [0, 0],
+        "RLIMIT_NOFILE": [limits.max_open_files] * 2,
+        "RLIMIT_MEMLOCK": [MEMLOCK_BYTES] * 2,
+        "RLIMIT_MSGQUEUE": [0, 0],  # no POSIX message queue: its bytes count against no other limit
     }
+
+
+def _cgroup_bounds(limits: SandboxLimits) -> tuple[int, int]:
+    """(memory bytes, tasks) of a run's cgroup: the init is one task beside the program's ``max_processes``."""
+    return limits.total_memory_bytes, limits.max_processes + 1
+
+
+def _make_run_cgroup(cgroups: CgroupTree | None, limits: SandboxLimits) -> RunCgroup | None:
+    if cgroups is None:
+        return None
+    try:
+        return create_run_cgroup(cgroups, *_cgroup_bounds(limits))
+    except CgroupSetupError as e:
+        raise SandboxSetupError(f"{e}; the probe found this cgroup tree writable: check what changed on the "
+                                f"host (permissions, cgroup.max.descendants), see docs/sandbox.md") from e
 
 
 def _interpreter() -> tuple[str, list[str]]:
@@ -226,35 +273,67 @@ def _unshare_command(unshare: str, python: str, status_fd: int, as_root: bool) -
             python, "-I", "-S", "-B", BOOT, str(status_fd)]
 
 
-async def _run_isolated(source: str, stdin: bytes, limits: SandboxLimits) -> SandboxResult:
-    """One run inside fresh namespaces: spawn unshare + init, feed the spec, capture, classify."""
+async def _run_isolated(source: str, stdin: bytes, limits: SandboxLimits, cgroups: CgroupTree | None) -> SandboxResult:
+    """One run inside fresh namespaces and its own cgroup: spawn unshare + init, feed the spec, capture, classify."""
     python, binds = _interpreter()
     as_root = os.geteuid() == 0
     with _lease_uid() if as_root else contextlib.nullcontext(NESTED_UID) as uid:
-        spec = {
-            "root": _root_mountpoint(), "binds": binds, "workdir": WORKDIR, "source": source,
-            "tmpfs_bytes": limits.tmpfs_mb << 20, "tmpfs_owner": uid if as_root else 0,
-            "uid": uid, "nested_userns": not as_root, "python": python, "env": PROGRAM_ENV,
-            "rlimits": _rlimits(limits), "backstop_seconds": limits.wall_seconds + 1.0,
-        }
-        payload = len(header := json.dumps(spec).encode()).to_bytes(8, "big") + header + stdin
-        unshare = _find_unshare()
-        status_r, status_w = os.pipe()
+        cgroup = _make_run_cgroup(cgroups, limits)
         try:
-            argv = _unshare_command(unshare, python, status_w, as_root)
-            spawn = dict(env=HOST_ENV, pass_fds=(status_w,))
-            proc, reason, out, err, wall = await _capture(argv, spawn, payload, limits, _kill_namespace, status_w)
-            end = _read_status(status_r)
+            spec = {
+                "root": _root_mountpoint(), "binds": binds, "workdir": WORKDIR, "source": source,
+                "tmpfs_bytes": limits.tmpfs_mb << 20, "tmpfs_owner": uid if as_root else 0,
+                "uid": uid, "nested_userns": not as_root, "python": python, "env": PROGRAM_ENV,
+                "rlimits": _rlimits(limits), "backstop_seconds": limits.wall_seconds + 1.0,
+                "cgroup": cgroup.boot_spec() if cgroup else None,
+            }
+            proc, reason, out, err, wall, end = await _spawn_boot(spec, stdin, limits, python, as_root, cgroup)
+            oom_killed = cgroup is not None and cgroup.oom_kills() > 0
         finally:
-            os.close(status_r)
-    if reason:
-        end = end or {}  # the host killed the init before it could report
-        # unshare reports on the shared stderr that its child died of the SIGKILL we sent: not the program's
+            if cgroup:
+                await cgroup.remove()
+    if reason or (end is None and oom_killed):
+        end = end or {}  # the host (or the out-of-memory killer) killed the init before it could report
+        # unshare reports on the shared stderr that its child died of a SIGKILL: not the program's output
         err = UNSHARE_KILL_NOTE.sub(b"", err)
     if end is None or "setup_error" in end:
         detail = end["setup_error"] if end else f"unshare exited {proc.returncode}"
         raise SandboxSetupError(f"sandbox setup failed: {detail}; stderr: {err[-2000:].decode(errors='replace')}")
-    return _result(reason, end, out, err, wall, limits)
+    return _result(reason, end, out, err, wall, limits, oom_killed)
+
+
+async def _spawn_boot(spec: dict, stdin: bytes, limits: SandboxLimits, python: str, as_root: bool,
+                      cgroup: RunCgroup | None):
+    """Start unshare + the init with ``spec``, capture the run; (process, kill reason, stdout, stderr, wall, the
+    init's report or None)."""
+    payload = len(header := json.dumps(spec).encode()).to_bytes(8, "big") + header + stdin
+    unshare = _find_unshare()
+    status_r, status_w = os.pipe()
+    prepare = None if cgroup is None else (lambda proc: _move_init(proc.pid, cgroup))
+    try:
+        argv = _unshare_command(unshare, python, status_w, as_root)
+        spawn = dict(env=HOST_ENV, pass_fds=(status_w,))
+        proc, reason, out, err, wall = await capture(argv, spawn, payload, limits, kill_namespace, status_w,
+                                                      prepare)
+        return proc, reason, out, err, wall, _read_status(status_r)
+    finally:
+        os.close(status_r)
+
+
+async def _move_init(unshare_pid: int, cgroup: RunCgroup) -> None:
+    """Move the namespace's init into the run's cgroup while its interpreter starts. It waits for its spec,
+    sent only after this, so the program starts inside; and a move, which on cgroup v1 waits for an RCU grace
+    period (~10 ms here), costs the run no time. The init cannot exit before it has its spec (short of its
+    interpreter failing to start), so the pid found is still its own."""
+    deadline = time.monotonic() + INIT_START_S
+    while not (children := children_of(unshare_pid)):
+        if time.monotonic() > deadline:
+            raise SandboxSetupError(f"unshare (pid {unshare_pid}) started no init within {INIT_START_S} s")
+        await asyncio.sleep(0.001)
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, cgroup.join, children[0])
+    except OSError as e:
+        raise SandboxSetupError(f"moving the sandbox's init into its cgroup {cgroup.leaves}: {e}") from e
 
 
 async def _run_insecure(source: str, stdin: bytes, limits: SandboxLimits) -> SandboxResult:
@@ -268,120 +347,10 @@ async def _run_insecure(source: str, stdin: bytes, limits: SandboxLimits) -> San
         Path(work, "main.py").write_text(source, encoding="utf-8")
         env = {**PROGRAM_ENV, "HOME": work, "TMPDIR": work}
         argv = [os.path.realpath(sys.executable), "-I", "-S", "-c", wrapper, json.dumps(rlimits)]
-        proc, reason, out, err, wall = await _capture(argv, dict(cwd=work, env=env), stdin, limits, _kill_group)
+        proc, reason, out, err, wall = await capture(argv, dict(cwd=work, env=env), stdin, limits, kill_group)
     code = proc.returncode
     end = {"signal": -code} if code < 0 else {"exit": code}
-    return _result(reason, end, out, err, wall, limits)
-
-
-async def _capture(argv: list[str], spawn: dict, stdin: bytes, limits: SandboxLimits, kill: Callable[[int], None],
-                   child_only_fd: int | None = None):
-    """Spawn ``argv``, feed stdin, read stdout and stderr incrementally up to the cap, and kill at the deadline
-    or on overflow. Returns (process, why the host killed it or None, stdout, stderr, wall seconds).
-
-    The output pipes are ours, not asyncio's: asyncio's ``Process.wait()`` also waits for its pipes to reach
-    EOF, which never comes for a stream we stopped reading at the cap. ``child_only_fd`` is closed here once
-    the child holds it."""
-    loop = asyncio.get_running_loop()
-    start = time.monotonic()
-    try:
-        (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
-        try:
-            proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE, stdout=out_w,
-                                                        stderr=err_w, start_new_session=True, **spawn)
-        except BaseException:
-            os.close(out_r), os.close(err_r)
-            raise
-        finally:
-            os.close(out_w), os.close(err_w)
-    finally:
-        if child_only_fd is not None:
-            os.close(child_only_fd)
-    streams = []
-    for fd in (out_r, err_r):
-        reader = asyncio.StreamReader(limit=READ_CHUNK)
-        pipe = open(fd, "rb", buffering=0)  # noqa: SIM115 -- the transport owns and closes it
-        transport, _ = await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r), pipe)
-        streams.append((reader, transport))
-    feeder = asyncio.create_task(_feed(proc.stdin, stdin))
-    out, err = bytearray(), bytearray()
-    pumps = {asyncio.create_task(_pump(reader, buf, limits.max_output_bytes))
-             for (reader, _), buf in zip(streams, (out, err))}
-    reason, pending = None, pumps
-    while pending:
-        remaining = start + limits.wall_seconds - time.monotonic()
-        done, pending = await asyncio.wait(pending, timeout=max(remaining, 0), return_when=asyncio.FIRST_COMPLETED)
-        if not done:
-            reason = "timeout"
-        elif any(task.result() for task in done):
-            reason = "output_limit"
-        if reason:
-            kill(proc.pid)
-            break
-    if pending:  # what was written before the kill; an escaped writer (insecure mode only) gets a second
-        await asyncio.wait(pending, timeout=1.0)
-    for task in (*pending, feeder):
-        task.cancel()
-    await asyncio.gather(*pending, feeder, return_exceptions=True)
-    for _, transport in streams:
-        transport.close()
-    proc.stdin.close()
-    await proc.wait()
-    return proc, reason, bytes(out), bytes(err), time.monotonic() - start
-
-
-async def _feed(writer: asyncio.StreamWriter, data: bytes) -> None:
-    # a program that exits without reading its stdin closes the pipe under us: that is not an error
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        writer.write(data)
-        await writer.drain()
-        writer.close()
-
-
-async def _pump(reader: asyncio.StreamReader, buf: bytearray, cap: int) -> bool:
-    """Append what ``reader`` yields to ``buf`` up to ``cap`` bytes; True as soon as there was more."""
-    while chunk := await reader.read(READ_CHUNK):
-        room = cap - len(buf)
-        buf += chunk[:room]
-        if len(chunk) > room:
-            return True
-    return False
-
-
-def _kill_namespace(unshare_pid: int) -> None:
-    """SIGKILL the namespace's init (a child of unshare): the kernel then kills all its processes, and unshare
-    exits only after reaping it, so the host sees no survivor once ``proc.wait()`` returns."""
-    try:
-        children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text().split()
-    except OSError:
-        children = []
-    for child in map(int, children):
-        try:
-            pidfd = os.pidfd_open(child)
-        except ProcessLookupError:
-            continue
-        try:
-            # checked after opening the pidfd: a recycled pid can no longer be mistaken for the init
-            if _parent_pid(child) == unshare_pid:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                return
-        except OSError:
-            pass
-        finally:
-            os.close(pidfd)
-    # no init yet (or gone already): killing unshare takes the init down through --kill-child
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(unshare_pid, signal.SIGKILL)
-
-
-def _parent_pid(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+    return _result(reason, end, out, err, wall, limits, oom_killed=False)
 
 
 def _read_status(fd: int) -> dict | None:
@@ -393,7 +362,8 @@ def _read_status(fd: int) -> dict | None:
     return json.loads(lines[0]) if lines else None
 
 
-def _result(reason: str | None, end: dict, out: bytes, err: bytes, wall: float, limits: SandboxLimits) -> SandboxResult:
+def _result(reason: str | None, end: dict, out: bytes, err: bytes, wall: float, limits: SandboxLimits,
+            oom_killed: bool) -> SandboxResult:
     """Classify how the run ended; the host's own kill (timeout, output_limit) takes precedence."""
     sig, code = end.get("signal"), end.get("exit")
     exit_code = None if reason or "wall" in end else (-sig if sig else code)
@@ -402,7 +372,7 @@ def _result(reason: str | None, end: dict, out: bytes, err: bytes, wall: float, 
         status = reason
     elif "wall" in end or sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= limits.cpu_seconds):
         status = "timeout"
-    elif exit_code != 0 and MEMORY_ERROR.search(err[-4096:]):
+    elif exit_code != 0 and (oom_killed or MEMORY_ERROR.search(err[-4096:])):
         status = "memory"
     else:
         status = "ok" if exit_code == 0 else "error"

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from rollouts.envs.sandbox import SandboxResult
 
 PROBE_PROGRAM = r'''
-import json, os, resource, socket, sys
+import ctypes, json, os, resource, socket, sys
 
 args = json.load(sys.stdin)
 
@@ -34,6 +34,17 @@ def write(path):
 
 def connect(address):
     socket.create_connection(address, timeout=2).close()
+
+def refused(call, *args):
+    libc = ctypes.CDLL(None, use_errno=True)
+    return call(libc)(*args) == -1 and ctypes.get_errno() != 0
+
+def in_own_cgroup(cgroup):
+    if cgroup is None:
+        return True
+    read = lambda name: open("/sys/fs/cgroup/" + name).read().split()
+    limits = all(read(name) == [str(value)] for name, value in cgroup["limits"].items())
+    return limits and all(str(os.getpid()) in read(name) for name in cgroup["procs"])
 
 def process_gone(pid):
     try:
@@ -60,6 +71,14 @@ checks = {
     "seccomp": status["Seccomp"].strip() == "2",
     "pid_namespace": os.getpid() <= 3 and len(pids) <= 4 and process_gone(args["host_pid"]),
     "rlimits": all(list(resource.getrlimit(getattr(resource, k))) == v for k, v in args["rlimits"].items()),
+    # AF_PACKET, AF_ALG, AF_VSOCK: outside the allowed families; socketpair(AF_UNIX) and AF_INET6 within them
+    "socket_families": all(fails(lambda f=f: socket.socket(f, socket.SOCK_SEQPACKET).close()) for f in (17, 38, 40))
+                       and not fails(lambda: [s.close() for s in socket.socketpair()])
+                       and not fails(lambda: socket.socket(socket.AF_INET6).close()),
+    "sysv_ipc": refused(lambda c: c.shmget, 0, 1 << 20, 0o1600) and refused(lambda c: c.msgget, 0, 0o1600)
+                and refused(lambda c: c.semget, 0, 1, 0o1600),
+    "memfd": fails(lambda: os.memfd_create("probe")),
+    "cgroup": in_own_cgroup(args["cgroup"]),
 }
 print(json.dumps(checks))
 '''
@@ -82,6 +101,17 @@ FIXES = {
                "ptrace, bpf, io_uring",
     "pid_namespace": "the program sees or reaches host processes: no new PID namespace",
     "rlimits": "the rlimits read inside differ from those requested",
+    "socket_families": "the program opened a socket of a family outside AF_UNIX, AF_INET, AF_INET6, AF_NETLINK "
+                       "(AF_VSOCK reaches the hypervisor's ports, which no namespace separates), or cannot open "
+                       "an allowed one: the seccomp socket filter is not in effect",
+    "sysv_ipc": "the program created a SysV shared memory segment, message queue or semaphore (kept by the "
+                "kernel after the process exits, counted by no rlimit): the seccomp filter is not in effect",
+    "memfd": "the program created a memfd (its pages escape RLIMIT_AS and RLIMIT_FSIZE): the seccomp filter "
+             "is not in effect",
+    "cgroup": "the program is not in its per-run cgroup with the memory and pids limits set, though this "
+              "process could create one (a limit did not take, or the cgroup is not the program's): check the "
+              "cgroup tree this process runs in, or make it read-only to this process to run with per-process "
+              "limits only (docs/sandbox.md)",
 }
 
 
@@ -91,6 +121,8 @@ class ProbeReport:
 
     failures: tuple[str, ...]
     detail: str = ""
+    complete: bool = True
+    """Whether the probe ran to the end (each check executed); an incomplete one says nothing of the host."""
 
     @property
     def ok(self) -> bool:
@@ -98,7 +130,8 @@ class ProbeReport:
 
     @classmethod
     def setup_failed(cls, detail: str) -> "ProbeReport":
-        return cls(("namespaces",), detail)
+        """The probe could not run: the sandbox was not built, or the probe program did not finish."""
+        return cls(("namespaces",), detail, complete=False)
 
     def explain(self) -> str:
         """The error message: every failed check, why it matters and the fix, then the opt-out."""
@@ -111,9 +144,12 @@ class ProbeReport:
         return "\n".join(lines)
 
 
-async def check_isolation(run: Callable[[str, bytes], Awaitable["SandboxResult"]],
-                          rlimits: dict[str, list[int]]) -> ProbeReport:
-    """Run the probe program with ``run`` and report the checks that did not hold."""
+async def check_isolation(run: Callable[[str, bytes], Awaitable["SandboxResult"]], rlimits: dict[str, list[int]],
+                          cgroup: dict | None) -> ProbeReport:
+    """Run the probe program with ``run`` and report the checks that did not hold.
+
+    ``rlimits`` are those the program must read back; ``cgroup`` (None without cgroups) names the files of its
+    own cgroup as mounted in the sandbox: "limits" (file -> value) and "procs" (files that must list it)."""
     here = os.path.dirname(os.path.abspath(__file__))
     name = f"areal-sandbox-probe-{os.getpid()}"
     outside = [f"/{name}", f"/tmp/{name}", f"/usr/{name}", f"{here}/{name}", f"/proc/{name}", f"/dev/{name}"]
@@ -121,7 +157,7 @@ async def check_isolation(run: Callable[[str, bytes], Awaitable["SandboxResult"]
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         args = {"port": listener.getsockname()[1], "project_file": os.path.abspath(__file__),
-                "outside": outside, "host_pid": os.getpid(), "rlimits": rlimits}
+                "outside": outside, "host_pid": os.getpid(), "rlimits": rlimits, "cgroup": cgroup}
         try:
             result = await run(PROBE_PROGRAM, json.dumps(args).encode())
         finally:
@@ -139,6 +175,6 @@ async def check_isolation(run: Callable[[str, bytes], Awaitable["SandboxResult"]
     except ValueError:
         checks = None
     if checks is None:
-        return ProbeReport(("namespaces",), f"probe program ended {result.status}: {result.stderr[-1000:]}")
+        return ProbeReport.setup_failed(f"probe program ended {result.status}: {result.stderr[-1000:]}")
     checks["network_host_port"] = checks["network_host_port"] and not reached_host
     return ProbeReport(tuple(name for name, held in checks.items() if not held))
