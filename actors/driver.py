@@ -237,6 +237,8 @@ class Driver:
         for name, values in group.info.get("reward_components", {}).items():
             self.metrics.record(f"reward/{name}", *[v for v in values if v is not None and not math.isnan(v)])
             self.metrics.record(f"reward/{name}_failures", sum(v is not None and math.isnan(v) for v in values))
+        if group.info.get("prompt_too_long"):
+            self.metrics.record("rollout/prompt_too_long", 1)
         for name, values in group.info.get("reward_logged", {}).items():  # what TRL-style functions log_metric
             self.metrics.record(f"reward/{name}", *values)
 

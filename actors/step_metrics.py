@@ -68,7 +68,7 @@ class StepMetrics:
         metrics = dict(learner_stats)
         rewards = w.get("rollout/reward", [])
         metrics["rollout/reward_mean"] = sum(rewards) / max(len(rewards), 1)
-        for key in ("accepted", "stale", "filtered", "reward_failures"):
+        for key in ("accepted", "stale", "filtered", "reward_failures", "prompt_too_long"):
             metrics[f"rollout/{key}"] = float(sum(w.get(f"rollout/{key}", [])))
         metrics[f"rollout/{self.unit}_per_s"] = sum(w.get("rollout/generated", [])) / elapsed
         metrics[f"learner/{self.unit}_per_s"] = sum(w.get("learner/consumed", [])) / elapsed

@@ -80,9 +80,7 @@ class DDPOLearner(DeepSpeedLearner):
         advantages = batch.advantages.to(self.device).clamp(-self.diffusion.adv_clip_max, self.diffusion.adv_clip_max)
 
         stats: dict[str, list[float]] = {}
-        for part in torch.tensor_split(torch.arange(n), self.cfg.minibatches):
-            if len(part) == 0:
-                continue
+        for part in self.minibatch_rows(n):
             self.train_minibatch(batch, part, chosen, cond, (proximal, behavior, advantages), stats)
             self.optimizer_step(stats)
         return self.finish_update(stats, start, {

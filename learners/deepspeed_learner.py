@@ -80,14 +80,23 @@ class DeepSpeedLearner(abc.ABC):
         if grad_norm is not None:
             stats.setdefault("grad_norm", []).append(float(grad_norm))
 
-    def agreed_count(self, count: int) -> int:
-        """The largest ``count`` over the data-parallel ranks (each forward and backward is a collective under
-        ZeRO-2/3, so ranks run the same number of them)."""
+    def agreed_count(self, count: int, smallest: bool = False) -> int:
+        """The largest (``smallest``: the smallest) ``count`` over the data-parallel ranks (each forward and
+        backward is a collective under ZeRO-2/3, and each optimizer step an all-reduce, so ranks run the same
+        number of them)."""
         if self.rdv.world_size == 1:
             return count
         value = torch.tensor([count], dtype=torch.long, device=self.device)
-        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        op = torch.distributed.ReduceOp.MIN if smallest else torch.distributed.ReduceOp.MAX
+        torch.distributed.all_reduce(value, op=op)
         return int(value.item())
+
+    def minibatch_rows(self, rows: int) -> list[torch.Tensor]:
+        """This rank's row indices in as many minibatches (optimizer steps) as every rank can fill:
+        ``learner.minibatches``, or fewer when some rank's slice has fewer rows (16 rows over 5 ranks with 4
+        minibatches: slices of 3 rows). Ranks taking different numbers of steps would hang in the all-reduce."""
+        count = self.agreed_count(max(1, min(self.cfg.minibatches, rows)), smallest=True)
+        return [part for part in torch.tensor_split(torch.arange(rows), count) if len(part)]
 
     def finish_update(self, stats: dict[str, list[float]], started: float, extra: dict[str, float]) -> dict:
         """The new version's ``learner/*`` stats: means over minibatches of what was recorded, except times

@@ -162,7 +162,7 @@ class LMLearner(DeepSpeedLearner):
         self.engine.train()
         behavior = batch.behavior_logprobs.to(self.device)
         mask = batch.loss_mask.to(self.device)
-        parts = [part for part in torch.tensor_split(torch.arange(len(batch)), self.cfg.minibatches) if len(part)]
+        parts = self.minibatch_rows(len(batch))
         # Stage 1: the proximal policy is the weights at the start of this step (AReaL §5.2). The first
         # minibatch's update runs on exactly those weights, so its own forward pass yields the proximal log-probs
         # of its rows (detached, in train_minibatch); a separate pass is needed only for the later minibatches'

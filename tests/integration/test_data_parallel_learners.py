@@ -22,6 +22,9 @@ SCENARIOS = {
        for name in ("flag", "coordinate_median", "trimmed_mean", "krum", "multi_krum", "geometric_median")},
     # Bulyan needs n >= 4f + 3: with 5 ranks it can only be run with f = 0
     "bulyan": {"aggregator": "bulyan", "aggregator_f": 0},
+    # slices of 4 and 3 rows with 4 minibatches: every rank must take as many optimizer steps (3), or the
+    # all-reduces hang
+    "uneven_slices": {"minibatches": 4},
 }
 
 
@@ -36,13 +39,15 @@ def _rank_main(rank: int, port: int, model_dir: str, out_dir: str) -> None:
     from tests.fakes import random_lm_batch
 
     for name, options in SCENARIOS.items():
-        options = dict(options)
+        options = {"minibatches": 1, **options}
         byz = ByzantineConfig(**options.pop("byzantine", {}))
-        cfg = LearnerConfig(workers=WORLD, lr=1e-2, minibatches=1, byzantine=byz, **options)
+        cfg = LearnerConfig(workers=WORLD, lr=1e-2, byzantine=byz, **options)
         learner = LMLearner(model_dir, cfg, AlgoConfig(), rdv=Rendezvous(rank, WORLD, master_port=port), seed=0)
         # per step, a group all ranks share and one of the rank's own: honest gradients agree in part,
         # as they do on real data
         batches = [random_lm_batch(learner.engine, [1000 * step, 1000 * step + rank + 1]) for step in range(2)]
+        if name == "uneven_slices":
+            batches = [random_lm_batch(learner.engine, [1000 * step + rank], samples=4 - rank % 2) for step in range(2)]
         for batch in batches:
             learner.train_step(batch)
         state = {k: v.detach().clone().contiguous() for k, v in learner.engine.module.state_dict().items()}
