@@ -61,10 +61,12 @@ def make_rollout_worker(cfg: TrainConfig, model_path: str, rank: int, weights_ro
             env_pool = LocalEnvironmentPool(environment_maker(cfg, model_path), cfg.env.step_timeout_s,
                                             cfg.env.concurrency)
         workflow = MultiTurnWorkflow(tokenizer, sampling, cfg.rollout.samples_per_prompt, env_pool,
-                                     cfg.env.max_turns, cfg.env.max_episode_tokens, prompt_format)
+                                     cfg.env.max_turns, cfg.env.max_episode_tokens, prompt_format,
+                                     cfg.engine.max_model_len)
         return RolloutWorker(engine, workflow, weights_root)
     workflow = SingleTurnWorkflow(tokenizer, sampling, cfg.rollout.samples_per_prompt,
                                   make_reward_pool(cfg, model_path),
                                   length_tail=(tail, cfg.rollout.length_tail_sigma) if tail else None,
-                                  prompt_format=prompt_format, total_steps=cfg.total_steps)
+                                  prompt_format=prompt_format, total_steps=cfg.total_steps,
+                                  max_model_len=cfg.engine.max_model_len)
     return RolloutWorker(engine, workflow, weights_root)

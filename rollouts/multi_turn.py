@@ -92,11 +92,12 @@ class MultiTurnWorkflow:
     action_unit = "tokens"
 
     def __init__(self, tokenizer, sampling: SamplingConfig, n: int, envs: EnvironmentPool, max_turns: int,
-                 max_episode_tokens: int, prompt_format: PromptFormat = PromptFormat()):
+                 max_episode_tokens: int, prompt_format: PromptFormat = PromptFormat(), max_model_len: int = 0):
         """``sampling.max_new_tokens`` bounds one policy turn; ``max_episode_tokens`` the turns and observations
-        after the prompt together."""
+        after the prompt together; ``max_model_len`` (the engine's, 0 = unbounded) the prompt and all of them."""
         self.tokenizer, self.sampling, self.n, self.envs = tokenizer, sampling, n, envs
         self.max_turns, self.max_episode_tokens, self.prompt_format = max_turns, max_episode_tokens, prompt_format
+        self.max_model_len = max_model_len
 
     async def run(self, engine: Engine, sample: TaskSample, submit_version: int,
                   seed: int | None = None) -> TrajectoryGroup:
@@ -114,6 +115,12 @@ class MultiTurnWorkflow:
             episode.ended, episode.failure = "failed", str(exc)
             return episode
         episode = Episode(self.prompt_format.encode(self.tokenizer, env.start.prompt))
+        if self.max_model_len and len(episode.prompt_ids) >= self.max_model_len:
+            episode.ended = "failed"  # vLLM refuses it: the episode fails, the worker goes on
+            episode.failure = (f"the episode's prompt is {len(episode.prompt_ids)} tokens, not fewer than "
+                               f"engine.max_model_len={self.max_model_len}: raise engine.max_model_len")
+            await env.close()
+            return episode
         try:
             await self._play(engine, env, episode, sampling, seeds)
         except EnvironmentFailed as exc:
@@ -125,6 +132,11 @@ class MultiTurnWorkflow:
     async def _play(self, engine: Engine, env, episode: Episode, sampling: SamplingConfig, seeds) -> None:
         while True:
             room = self.max_episode_tokens - len(episode.output_ids)
+            if self.max_model_len:  # the whole transcript must fit the engine, the prompt included
+                room = min(room, self.max_model_len - len(episode.prompt_ids) - len(episode.output_ids))
+            if room <= 0:
+                episode.ended = "length"
+                return
             turn = dataclasses.replace(sampling, max_new_tokens=min(sampling.max_new_tokens, room),
                                        stop=env.start.stop, seed=seeds(episode.turns))
             began = time.perf_counter()

@@ -32,9 +32,11 @@ class SingleTurnWorkflow:
 
     def __init__(self, tokenizer, sampling: SamplingConfig, n: int, rewards: RewardPool,
                  length_tail: tuple[int, float] | None = None, prompt_format: PromptFormat = PromptFormat(),
-                 total_steps: int = 0):
+                 total_steps: int = 0, max_model_len: int = 0):
+        """``max_model_len``: the engine's (0 = unbounded); a prompt that does not fit fails its sample."""
         self.tokenizer, self.sampling, self.n = tokenizer, sampling, n
         self.rewards, self.prompt_format, self.total_steps = rewards, prompt_format, total_steps
+        self.max_model_len = max_model_len
         self.length_tail = length_tail  # (median, sigma) of a lognormal forced length, or None
         self._encoded: dict[str, list[int]] = {}
 
@@ -69,6 +71,8 @@ class SingleTurnWorkflow:
                   seed: int | None = None) -> TrajectoryGroup:
         """Sample the group (``seed``: its sampling seed) and score every completion in the reward pool."""
         prompt_ids = self.encode(sample)
+        if self.too_long(prompt_ids):
+            return self.unfit_group(sample, prompt_ids, submit_version)
         began = time.perf_counter()
         completions = await engine.generate(prompt_ids, self.sampling_for_group(seed), self.n)
         generated = time.perf_counter()
@@ -88,6 +92,9 @@ class SingleTurnWorkflow:
         draws alike; only the weights differ), scored with the rewards of ``suite``. A failed reward is an
         outcome, never a score or an exception."""
         prompt_ids = self.encode(sample)
+        if self.too_long(prompt_ids):
+            failed = EvalSample("", math.nan, "error", self.too_long(prompt_ids))
+            return EvalRecord(sample.id, sample.prompt_text, sample.reference, failed, (failed,) * k)
         greedy = SamplingConfig(max_new_tokens=self.sampling.max_new_tokens, temperature=0.0)
         completions = list(await engine.generate(prompt_ids, greedy, 1))
         if k:
@@ -96,6 +103,21 @@ class SingleTurnWorkflow:
         outcomes = await self.rewards.score_many(reward_inputs(completions), sample, suite)
         scored = [eval_sample(c, o) for c, o in zip(completions, outcomes)]
         return EvalRecord(sample.id, sample.prompt_text, sample.reference, scored[0], tuple(scored[1:]))
+
+    def too_long(self, prompt_ids: list[int]) -> str:
+        """Why vLLM would refuse this prompt (it needs at least one token of room), or "" when it fits."""
+        if not self.max_model_len or len(prompt_ids) < self.max_model_len:
+            return ""
+        return (f"prompt of {len(prompt_ids)} tokens does not fit engine.max_model_len={self.max_model_len}: left "
+                "out (raise engine.max_model_len, or shorten the prompt)")
+
+    def unfit_group(self, sample: TaskSample, prompt_ids: list[int], submit_version: int) -> TrajectoryGroup:
+        """A group whose prompt the engine would refuse: every sample failed (no reward, nothing to train), with
+        the reason, instead of an exception that would fail the worker and requeue the prompt forever."""
+        failed = Trajectory(tuple(prompt_ids), (), (), (), math.nan, "", "failed")
+        info = {"reward_failures": {"error": self.n}, "reward_failure_example": self.too_long(prompt_ids),
+                "prompt_too_long": 1}
+        return TrajectoryGroup(sample.id, (failed,) * self.n, submit_version, info)
 
     def close(self) -> None:
         """Stop the reward processes."""

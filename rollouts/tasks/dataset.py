@@ -99,7 +99,8 @@ def load_rows(path, split: str, key: str, spec: RowSpec, fmt: PromptFormat, toke
 def load_dataset_task(cfg: TrainConfig, tokenizer) -> DatasetTask:
     """The task's training rows and held-out sets, checked and length-filtered against the engine's budget."""
     t = cfg.task
-    budget = cfg.engine.max_model_len - cfg.rollout.max_new_tokens
+    # the room a prompt leaves must hold the completion (a multi-turn episode's turns and observations)
+    budget = cfg.engine.max_model_len - (cfg.env.max_episode_tokens if cfg.env.multi_turn else cfg.rollout.max_new_tokens)
     fmt = PromptFormat(t.chat_template, t.system_prompt)
     spec = row_spec(cfg)
     train = load_rows(t.path, t.split, "task.path", spec, fmt, tokenizer, budget)
@@ -110,8 +111,9 @@ def load_dataset_task(cfg: TrainConfig, tokenizer) -> DatasetTask:
     if t.eval_path or t.eval_split:
         held = load_rows(t.eval_path or t.path, t.eval_split or t.split, "task.eval_path", spec, fmt, tokenizer,
                          budget)
-        report.append(_describe("held-out rows", source_list(t.eval_path or t.path), held, budget))
         eval_rows = RowSamples(held.segments, held.kinds, spec, held.kept[:t.eval_size])
+        report.append(_describe("held-out rows", source_list(t.eval_path or t.path), held, budget,
+                                f"the first {len(eval_rows)} evaluated (task.eval_size)"))
         train_index = train.kept
     else:
         if len(train.kept) <= t.eval_size:
@@ -129,16 +131,17 @@ def load_dataset_task(cfg: TrainConfig, tokenizer) -> DatasetTask:
         key = f"task.eval_sets[{extra.name}]"
         extra_spec = row_spec(cfg, extra.prompt_key, extra.answer_key, extra.prompt_template, extra.rewards, key)
         rows = load_rows(extra.path, extra.split, f"{key}.path", extra_spec, fmt, tokenizer, budget)
-        report.append(_describe(f"held-out set {extra.name!r}", source_list(extra.path), rows, budget))
         sets[extra.name] = RowSamples(rows.segments, rows.kinds, extra_spec,
                                       rows.kept[:extra.size] if extra.size else rows.kept)
+        report.append(_describe(f"held-out set {extra.name!r}", source_list(extra.path), rows, budget,
+                                f"{len(sets[extra.name])} evaluated"))
     digest = hashlib.sha256(json.dumps([source_digest(train.segments), *train_rows.digest_parts()]).encode())
     return DatasetTask(train_rows, sets, digest.hexdigest()[:16], report)
 
 
-def _describe(what: str, sources: list[str], rows: LoadedRows, budget: int) -> str:
+def _describe(what: str, sources: list[str], rows: LoadedRows, budget: int, used: str = "") -> str:
     named = sources[0] if len(sources) == 1 else f"{len(sources)} sources"
-    line = f"{what}: {rows.total:,} from {named}"
+    line = f"{what}: {rows.total:,} from {named}" + (f", {used}" if used else "")
     if rows.too_long:
         line += (f"; {rows.too_long:,} left out, their prompts longer than {budget} tokens "
                  "(engine.max_model_len - rollout.max_new_tokens)")

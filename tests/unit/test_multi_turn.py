@@ -84,10 +84,11 @@ def run(workflow, engine, sample=SAMPLE, seed=0):
     return asyncio.run(go())
 
 
-def make(env_cls=Calculatorish, n=2, max_turns=4, max_episode_tokens=64, timeout_s=5.0, max_new_tokens=8):
+def make(env_cls=Calculatorish, n=2, max_turns=4, max_episode_tokens=64, timeout_s=5.0, max_new_tokens=8,
+         max_model_len=0):
     pool = LocalEnvironmentPool(env_cls, step_timeout_s=timeout_s)
     return MultiTurnWorkflow(CharTokenizer(), SamplingConfig(max_new_tokens=max_new_tokens), n, pool, max_turns,
-                             max_episode_tokens)
+                             max_episode_tokens, max_model_len=max_model_len)
 
 
 SCRIPT = {"6*7=": [CALL], "6*7=" + CALL + OBSERVATION: [ANSWER]}
@@ -145,6 +146,22 @@ def test_the_token_budget_bounds_turns_and_observations_together():
     engine = FakeEngine(SCRIPT, CharTokenizer().decode)
     run(make(n=1, max_episode_tokens=len(CALL) + len(OBSERVATION) + 1), engine)
     assert engine.calls[1][1].max_new_tokens == 1  # the last turn gets what is left
+
+
+def test_the_engine_length_bounds_the_transcript_with_its_prompt_and_ends_it_as_length():
+    engine = FakeEngine(SCRIPT, CharTokenizer().decode)
+    # room for the prompt and the call, not for the observation's answer turn: the episode ends, no exception
+    fits = len(SAMPLE.prompt) + len(CALL) + len(OBSERVATION)
+    t = run(make(n=1, max_model_len=fits), engine).trajectories[0]
+    assert t.finish_reason == "length" and t.output_ids == tuple(CharTokenizer().encode(CALL + OBSERVATION))
+    assert all(len(ids) < fits for ids, _, _ in engine.calls)
+
+
+def test_a_prompt_the_engine_would_refuse_fails_the_episode_with_the_reason():
+    engine = FakeEngine(SCRIPT, CharTokenizer().decode)
+    group = run(make(n=2, max_model_len=len(SAMPLE.prompt)), engine)
+    assert engine.calls == [] and all(math.isnan(t.reward) for t in group.trajectories)
+    assert "engine.max_model_len" in group.info["reward_failure_example"]
 
 
 @pytest.mark.parametrize("env_cls, reason", [(Raising, "tool crashed"), (Hanging, "timed out")])

@@ -187,3 +187,15 @@ def test_a_group_is_sampled_from_its_seed_alone(rewards):
     first = [workflow.sampling_for_group(seed) for seed in (3, 4, 3)]
     assert first[0] == first[2] and first[0].seed == 3  # the same seed gives the same settings, in any order
     assert [workflow.sampling_for_group(seed) for seed in (3, 4)] == first[:2]
+
+
+def test_a_prompt_the_engine_would_refuse_fails_its_samples_with_the_reason_instead_of_raising(tmp_path, rewards):
+    tok = CharTokenizer()
+    workflow = SingleTurnWorkflow(tok, SamplingConfig(max_new_tokens=4), n=3, rewards=rewards, max_model_len=3)
+    worker = RolloutWorker(FakeEngine({"q0=": ["0"]}, tok.decode), workflow, tmp_path / "weights")
+    group = asyncio.run(worker.run_group(FakeTask().train[0], submit_version=1))  # "q0=" is 3 tokens
+    assert group.reward_ok == [False] * 3 and group.info["prompt_too_long"] == 1
+    assert "engine.max_model_len=3" in group.info["reward_failure_example"] and worker.engine.calls == []
+    [record] = asyncio.run(worker.evaluate(list(FakeTask().eval), k=2))
+    assert record.greedy.status == "error" and "engine.max_model_len=3" in record.greedy.detail
+    assert len(record.samples) == 2 and worker.engine.calls == []
