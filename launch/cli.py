@@ -101,6 +101,12 @@ dependencies (the same `make setup` on its nodes, or --pip for extra packages). 
 The address defaults to $RAY_ADDRESS (when http) or http://127.0.0.1:8265. A cluster with Ray token
 authentication needs its token: --token-file FILE, else $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or
 ~/.ray/auth_token (an `areal slurm` job prints its token file).
+
+With --slurm it goes to Slurm instead: the script `areal slurm` writes (same options) is sbatch'ed, after the
+overrides were checked here; the job starts its own Ray, with token authentication. A numeric JOB_ID is a Slurm
+job for status, logs and stop (scontrol/sacct, the job's output file, scancel):
+  areal submit --slurm --nodes 2 --gpus-per-node 8 --out-dir /shared/runs/a1 experiment=arith_tiny
+  areal status 4242;  areal logs 4242 --follow;  areal stop 4242
 """
 
 
@@ -111,6 +117,11 @@ TOKEN_HELP = ("the cluster's Ray token (token authentication); default: $RAY_AUT
 def cmd_submit(args) -> int:
     from launch import jobs
 
+    if args.slurm:
+        return submit_to_slurm(args)
+    slurm_only = [flag for flag, dest, *_ in SLURM_OPTIONS if hasattr(args, dest)]
+    if slurm_only:
+        raise ValueError(f"{', '.join(slurm_only)} set a Slurm job: add --slurm, or drop them for the Ray Jobs API")
     job_id, link = jobs.submit(args.overrides, args.address, args.python, pip=args.pip or None,
                                num_cpus=args.num_cpus, token_file=args.token_file)
     print(f"submitted {job_id}\ndashboard: {link}\nfollow:    areal logs {job_id} --follow"
@@ -123,18 +134,57 @@ def cmd_submit(args) -> int:
     return 0
 
 
+def submit_to_slurm(args) -> int:
+    """`areal submit --slurm`: check the overrides here, sbatch the rendered script, say how to follow the job."""
+    from launch.config_loader import ConfigError
+    from launch.slurm import jobs as slurm_jobs
+
+    ray_only = [flag for flag, given in (("--address", args.address), ("--token-file", args.token_file),
+                                         ("--python", args.python != "python"), ("--pip", args.pip),
+                                         ("--num-cpus", args.num_cpus)) if given]
+    if ray_only:
+        raise ValueError(f"{', '.join(ray_only)} only apply to the Ray Jobs API: drop them with --slurm (the Slurm "
+                         "job starts its own Ray, with its own token)")
+    job = slurm_job(args)
+    try:
+        cfg = slurm_jobs.validate(job)
+    except ConfigError as exc:  # Hydra's message spans lines (key, value, type): one line here
+        print(f"areal submit: {'; '.join(line.strip() for line in str(exc).splitlines() if line.strip())}; "
+              "nothing was submitted", file=sys.stderr)
+        return 2
+    job_id = slurm_jobs.submit(job)
+    token_dir = job.token_dir or "~/.areal/ray-auth"
+    print(f"submitted {job_id} (Slurm job: areal train, out_dir={cfg.out_dir})\n"
+          f"output:    {job.log_dir}/{job.job_name}-{job_id}.out\n"
+          f"follow:    areal logs {job_id} --follow;  areal status {job_id};  areal stop {job_id}\n"
+          f"Ray token: {token_dir}/ray-{job_id}.token (while the job runs)")
+    if args.wait:
+        state = slurm_jobs.wait(job_id)
+        print(f"{job_id}: {state}")
+        return 0 if state == "COMPLETED" else 1
+    return 0
+
+
 def cmd_status(args) -> int:
     from launch import jobs
+    from launch.slurm import jobs as slurm_jobs
 
-    state, message = jobs.status(args.job_id, args.address, args.token_file)
+    if slurm_jobs.is_slurm_job_id(args.job_id):
+        state, message = slurm_jobs.status(args.job_id)
+    else:
+        state, message = jobs.status(args.job_id, args.address, args.token_file)
     print(f"{args.job_id}: {state}" + (f" ({message})" if message else ""))
     return 0
 
 
 def cmd_logs(args) -> int:
     from launch import jobs
+    from launch.slurm import jobs as slurm_jobs
 
-    text = jobs.logs(args.job_id, args.address, follow=args.follow, token_file=args.token_file)
+    if slurm_jobs.is_slurm_job_id(args.job_id):
+        text = slurm_jobs.logs(args.job_id, follow=args.follow)
+    else:
+        text = jobs.logs(args.job_id, args.address, follow=args.follow, token_file=args.token_file)
     if text:
         print(text, end="")
     return 0
@@ -142,24 +192,62 @@ def cmd_logs(args) -> int:
 
 def cmd_stop(args) -> int:
     from launch import jobs
+    from launch.slurm import jobs as slurm_jobs
 
-    stopped = jobs.stop(args.job_id, args.address, args.token_file)
+    if slurm_jobs.is_slurm_job_id(args.job_id):
+        stopped = slurm_jobs.stop(args.job_id)
+    else:
+        stopped = jobs.stop(args.job_id, args.address, args.token_file)
     print(f"{args.job_id}: {'stop requested' if stopped else 'already ended'}")
     return 0
+
+
+# (flag, SlurmJob field, type, help) of the options `areal slurm` and `areal submit --slurm` share; a flag left out
+# keeps SlurmJob's default, so both commands render the same script from the same options
+SLURM_OPTIONS = (
+    ("--nodes", "nodes", int, "nodes to allocate"),
+    ("--cpus-per-node", "cpus_per_node", int, "CPUs of each node for Ray"),
+    ("--gpus-per-node", "gpus_per_node", int, "GPUs of each node (0: no --gpus-per-node line)"),
+    ("--time", "time_limit", str, "Slurm time limit"),
+    ("--job-name", "job_name", str, "Slurm job name"),
+    ("--out-dir", "out_dir", str, "the run's out_dir (shared storage)"),
+    ("--log-dir", "log_dir", str, "where Slurm writes the job's output"),
+    ("--token-dir", "token_dir", str, "where the job writes its Ray token (a file only you can read, removed at the "
+                                      "end); every node must read it (default: $HOME/.areal/ray-auth)"),
+    ("--partition", "partition", str, "Slurm partition (omitted when empty)"),
+)
+
+
+def add_slurm_options(parser) -> None:
+    from launch.slurm.render import SlurmJob
+
+    defaults = SlurmJob()
+    for flag, dest, kind, text in SLURM_OPTIONS:
+        default = getattr(defaults, dest, "")
+        parser.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS,
+                            help=text + (f" (default: {default})" if default not in ("", 0) else ""))
+
+
+def slurm_job(args):
+    """The SlurmJob the Slurm options describe (SlurmJob's own defaults for those not given)."""
+    from launch.slurm.render import SlurmJob
+
+    given = {dest: getattr(args, dest) for _, dest, *_ in SLURM_OPTIONS if hasattr(args, dest)}
+    partition = given.pop("partition", "")
+    return SlurmJob(**given, overrides=args.overrides,
+                    extra_sbatch=[f"#SBATCH --partition={partition}"] if partition else [])
 
 
 def cmd_slurm(args) -> int:
     from pathlib import Path
 
-    from launch.slurm.render import SlurmJob, render
+    from launch.slurm.render import render
 
-    job = SlurmJob(nodes=args.nodes, cpus_per_node=args.cpus_per_node, gpus_per_node=args.gpus_per_node,
-                   time_limit=args.time, job_name=args.job_name, out_dir=args.out_dir, log_dir=args.log_dir,
-                   token_dir=args.token_dir, overrides=args.overrides,
-                   extra_sbatch=[f"#SBATCH --partition={args.partition}"] if args.partition else [])
-    Path(args.log_dir).mkdir(parents=True, exist_ok=True)  # Slurm does not create the output directory
+    job = slurm_job(args)
+    Path(job.log_dir).mkdir(parents=True, exist_ok=True)  # Slurm does not create the output directory
     Path(args.script).write_text(render(job))
-    print(f"wrote {args.script}; submit it with: sbatch {args.script}")
+    print(f"wrote {args.script}; submit it with: sbatch {args.script} (or render and submit in one go: "
+          "areal submit --slurm, same options)")
     return 0
 
 
@@ -220,13 +308,16 @@ def main(argv: list[str] | None = None) -> int:
     submit.add_argument("--pip", nargs="*", default=[], help="extra pip packages for the job's runtime environment")
     submit.add_argument("--num-cpus", type=float, default=0, help="CPUs reserved for the driver itself")
     submit.add_argument("--wait", action="store_true", help="block until the job ends; exit 0 only if it succeeded")
+    submit.add_argument("--slurm", action="store_true", help="sbatch it as a Slurm job (the options below) instead")
+    add_slurm_options(submit.add_argument_group("with --slurm (as for `areal slurm`)"))
     submit.set_defaults(func=cmd_submit)
     for name, func, text in (("status", cmd_status, "state of a submitted job (PENDING, RUNNING, SUCCEEDED, ...)"),
                              ("logs", cmd_logs, "the driver output of a submitted job"),
                              ("stop", cmd_stop, "stop a submitted job and its actors")):
-        cmd = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]} (Ray Jobs API).")
-        cmd.add_argument("job_id", help="the id `areal submit` printed")
-        cmd.add_argument("--address", default="", help="the cluster's dashboard, e.g. http://HEAD:8265")
+        cmd = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}: through the Ray Jobs API, "
+                                                          "or Slurm for a numeric JOB_ID (`areal submit --slurm`).")
+        cmd.add_argument("job_id", help="the id `areal submit` printed (digits: a Slurm job)")
+        cmd.add_argument("--address", default="", help="the cluster's dashboard, e.g. http://HEAD:8265 (Ray jobs)")
         cmd.add_argument("--token-file", default="", help=TOKEN_HELP)
         if name == "logs":
             cmd.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
@@ -234,18 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     slurm = sub.add_parser("slurm", help="write an sbatch script: Ray across the allocated nodes, then the run",
                            description="Render launch/slurm/ray_job.sbatch.template: a Ray head on the first node, "
                                        "Ray workers on the others, `areal train OVERRIDES` on the head. out_dir "
-                                       "must be on storage every node can write.")
+                                       "must be on storage every node can write. `areal submit --slurm` takes the "
+                                       "same options and sbatch'es the script itself.")
     slurm.add_argument("overrides", nargs="*", help="key=value config overrides for `areal train`")
-    slurm.add_argument("--nodes", type=int, default=2)
-    slurm.add_argument("--cpus-per-node", type=int, default=16)
-    slurm.add_argument("--gpus-per-node", type=int, default=0)
-    slurm.add_argument("--time", default="04:00:00", help="Slurm time limit")
-    slurm.add_argument("--partition", default="", help="Slurm partition (omitted when empty)")
-    slurm.add_argument("--job-name", default="areal")
-    slurm.add_argument("--out-dir", default="runs/slurm", help="the run's out_dir (shared storage)")
-    slurm.add_argument("--log-dir", default="runs/slurm-logs", help="where Slurm writes the job's output")
-    slurm.add_argument("--token-dir", default="", help="where the job writes its Ray token (a file only you can "
-                       "read, removed at the end); every node must read it (default: $HOME/.areal/ray-auth)")
+    add_slurm_options(slurm)
     slurm.add_argument("--script", default="areal.sbatch", help="file to write")
     slurm.set_defaults(func=cmd_slurm)
     report = sub.add_parser(
@@ -274,10 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.func not in (cmd_train, cmd_eval):  # a run sets up its own console and log file (launch/console.py)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.func in (cmd_submit, cmd_status, cmd_logs, cmd_stop):
+    if args.func in (cmd_submit, cmd_status, cmd_logs, cmd_stop, cmd_slurm):
         try:
             return args.func(args)
-        except (ConnectionError, PermissionError, RuntimeError, ValueError) as exc:  # unreachable, token, job id
+        # unreachable, token, job id, Slurm (SlurmError is a RuntimeError), a bad option value
+        except (ConnectionError, PermissionError, RuntimeError, ValueError) as exc:
             print(f"areal {args.command}: {exc}", file=sys.stderr)
             return 2
     return args.func(args)

@@ -1,7 +1,8 @@
 """Cluster launch files: the sbatch script renders for a 2-node allocation, parses, and starts every Ray process
 with a private per-job token; the KubeRay RayJob has the fields the operator needs, token auth from a Secret and
 NetworkPolicies; ray is pinned to releases with token auth; the Jobs API commands find the token and explain a
-refusal in one line."""
+refusal in one line; `areal submit --slurm` and status/logs/stop of a Slurm job id work through fake Slurm commands
+(the real ones: tests/e2e/test_slurm_real.py)."""
 
 import http.server
 import os
@@ -279,3 +280,132 @@ def test_a_refused_token_is_one_line_naming_the_fix(token_dashboard, tmp_path, m
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"rejected the token from {tmp_path / 'wrong.token'}" in err
     assert "--token-file" in err
+
+
+# Stand-ins for Slurm's client commands, driven by files under $SLURM_FAKE: jobs/ID holds a known job's state,
+# sacct/ID a job only accounting remembers, `down` makes slurmctld unreachable; sbatch keeps the script it was fed.
+FAKE_SLURM = {
+    "sbatch": """#!/bin/bash
+[[ -e $SLURM_FAKE/down ]] && { echo "sbatch: error: Batch job submission failed: Unable to contact slurm controller \
+(connect failure)" >&2; exit 1; }
+echo "$@" > "$SLURM_FAKE/sbatch.args"
+cat > "$SLURM_FAKE/submitted.sbatch"
+mkdir -p "$SLURM_FAKE/jobs" && echo PENDING > "$SLURM_FAKE/jobs/4242"
+echo "4242;areal-test"
+""",
+    "scontrol": """#!/bin/bash
+id=${@: -1}
+[[ -e $SLURM_FAKE/jobs/$id ]] || { echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1; }
+state=$(cat "$SLURM_FAKE/jobs/$id")
+echo "JobId=$id JobName=areal UserId=me(1000) JobState=$state Reason=$([[ $state == PENDING ]] && echo Resources \
+|| echo None) Dependency=(null) ExitCode=0:$([[ $state == CANCELLED ]] && echo 15 || echo 0) \
+WorkDir=/home/me/my runs StdErr=$SLURM_FAKE/areal-$id.out StdOut=$SLURM_FAKE/areal-$id.out Power="
+""",
+    "scancel": """#!/bin/bash
+[[ -e $SLURM_FAKE/jobs/$1 ]] || { echo "scancel: error: Kill job error on job id $1: Invalid job id specified" >&2; \
+exit 1; }
+echo CANCELLED > "$SLURM_FAKE/jobs/$1"
+""",
+    "sacct": """#!/bin/bash
+id=${@: -3:1}
+[[ -e $SLURM_FAKE/sacct/$id ]] || { echo "sacct: error: Slurm accounting storage is disabled" >&2; exit 1; }
+cat "$SLURM_FAKE/sacct/$id"
+""",
+}
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch) -> Path:
+    """Fake sbatch/scontrol/scancel/sacct first on PATH; returns their state directory."""
+    bin_dir, state = tmp_path / "slurm-bin", tmp_path / "slurm-state"
+    bin_dir.mkdir()
+    state.mkdir()
+    for name, text in FAKE_SLURM.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_FAKE", str(state))
+    return state
+
+
+def test_submit_slurm_sbatches_the_script_areal_slurm_writes_and_says_how_to_follow_it(fake_slurm, tmp_path, capsys,
+                                                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    options = ["--nodes", "1", "--cpus-per-node", "2", "--time", "00:30:00", "--log-dir", str(tmp_path / "logs"),
+               "--out-dir", str(tmp_path / "run"), "--partition", "debug"]
+    assert main(["submit", "--slurm", *options, "experiment=ci_tiny", "total_steps=2"]) == 0
+    out = capsys.readouterr().out
+    assert out.split()[1] == "4242" and f"out_dir={tmp_path / 'run'}" in out
+    assert f"{tmp_path / 'logs'}/areal-4242.out" in out and "areal logs 4242 --follow" in out
+    assert "ray-4242.token" in out
+    assert (fake_slurm / "sbatch.args").read_text().split() == ["--parsable"]  # the script itself comes on stdin
+    assert main(["slurm", *options, "--script", "same.sbatch", "experiment=ci_tiny", "total_steps=2"]) == 0
+    assert (fake_slurm / "submitted.sbatch").read_text() == (tmp_path / "same.sbatch").read_text()
+    assert "#SBATCH --partition=debug" in (tmp_path / "same.sbatch").read_text()
+    assert (tmp_path / "logs").is_dir()  # Slurm would not create it
+
+
+def test_submit_slurm_checks_the_overrides_here_and_sends_nothing_when_they_fail(fake_slurm, tmp_path, capsys):
+    assert main(["submit", "--slurm", "--log-dir", str(tmp_path), "experiment=ci_tiny", "rollout.workers=abc"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rollout.workers" in err and "nothing was submitted" in err
+    assert not (fake_slurm / "submitted.sbatch").exists()
+
+
+def test_a_numeric_job_id_is_a_slurm_job_for_status_logs_and_stop(fake_slurm, capsys):
+    (fake_slurm / "jobs").mkdir()
+    (fake_slurm / "jobs/77").write_text("PENDING")
+    assert main(["status", "77"]) == 0 and capsys.readouterr().out == "77: PENDING (Resources)\n"
+    assert main(["logs", "77"]) == 0 and capsys.readouterr().out == ""  # no output file before it starts
+    (fake_slurm / "jobs/77").write_text("RUNNING")
+    (fake_slurm / "areal-77.out").write_text("Ray head: n1\nstep 1\n")
+    assert main(["status", "77"]) == 0 and capsys.readouterr().out == "77: RUNNING\n"
+    assert main(["logs", "77"]) == 0 and capsys.readouterr().out == "Ray head: n1\nstep 1\n"
+    assert main(["stop", "77"]) == 0 and capsys.readouterr().out == "77: stop requested\n"
+    assert main(["status", "77"]) == 0 and capsys.readouterr().out == "77: CANCELLED (exit code 0:15)\n"
+    assert main(["logs", "77", "--follow"]) == 0 and capsys.readouterr().out == "Ray head: n1\nstep 1\n"
+    assert main(["stop", "77"]) == 0 and capsys.readouterr().out == "77: already ended\n"
+
+
+def test_a_job_slurmctld_has_forgotten_is_read_from_accounting(fake_slurm, capsys):
+    (fake_slurm / "sacct").mkdir()
+    (fake_slurm / "sacct/78").write_text("CANCELLED by 1000|0:15\n")
+    assert main(["status", "78"]) == 0 and capsys.readouterr().out == "78: CANCELLED (exit code 0:15)\n"
+
+
+@pytest.mark.parametrize("argv", [["status", "99"], ["logs", "99"], ["stop", "99"]])
+def test_an_unknown_slurm_job_id_is_one_line(fake_slurm, capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown Slurm job 99" in err
+
+
+def test_slurmctld_not_answering_is_one_line_naming_the_check(fake_slurm, tmp_path, capsys):
+    (fake_slurm / "down").touch()
+    assert main(["submit", "--slurm", "--log-dir", str(tmp_path), "experiment=ci_tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "slurmctld is not answering" in err and "scontrol ping" in err
+
+
+def test_submit_slurm_without_sbatch_is_one_line_naming_the_fix(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no Slurm commands at all
+    assert main(["submit", "--slurm", "--log-dir", str(tmp_path), "experiment=ci_tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sbatch not found on PATH" in err and "areal slurm" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["submit", "--slurm", "--address", "http://h:8265"], "--address only apply to the Ray Jobs API"),
+    (["submit", "--nodes", "2"], "--nodes set a Slurm job: add --slurm"),
+])
+def test_ray_jobs_and_slurm_options_do_not_mix(capsys, argv, message):
+    assert main([*argv, "experiment=ci_tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_each_ray_of_a_slurm_job_keeps_its_files_in_a_directory_of_the_jobs_own():
+    text = render(SlurmJob(nodes=2))
+    assert "ray_tmp=/tmp/areal-ray-$SLURM_JOB_ID" in text
+    starts = [line for line in text.splitlines() if "ray start" in line]
+    assert len(starts) == 2 and all('--temp-dir="$ray_tmp"' in line for line in starts)
