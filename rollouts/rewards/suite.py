@@ -279,3 +279,6 @@ def combine(names: list[str], weights: list[float], values: list[RewardOutcome |
             detail = f"reward {name!r}: {value.detail}" if len(names) > 1 else value.detail
             return RewardOutcome(math.nan, value.status, detail, components)
     return RewardOutcome(weighted_sum([c for _, c in components], weights), components=components)
+
+
+Component = PerSample | Batched  # what a RewardSpec resolves to in a reward process

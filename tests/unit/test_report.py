@@ -117,7 +117,7 @@ def test_the_page_shows_held_out_metrics_reward_functions_lengths_and_what_the_m
             {"id": "a", "prompt": "2+2?", "reference": "4", "completion": text, "reward": 1.2, "correct": True,
              "rewards": {"math_verify": 1.0, "think_format": 1.0}}) + "\n")
     page = write_report(run).read_text()
-    for series in ("eval/pass@4", "eval/hard/accuracy", "reward/think_format", "rollout/completion_tokens_max"):
-        assert series in page
+    for key in ("eval/pass@4", "eval/hard/accuracy", "reward/think_format", "rollout/completion_tokens_max"):
+        assert key in page
     assert "what the model wrote: eval (step-000006.jsonl)" in page and "&lt;think&gt;2+2&lt;/think&gt; 4" in page
     assert "old" not in page.split("what the model wrote")[1]

@@ -54,7 +54,7 @@ def test_weights_that_do_not_fit_fail_before_writing_and_say_how_much_is_needed(
 
 def test_a_rollout_worker_checks_room_before_staging_a_version(tmp_path, monkeypatch):
     from rollouts.worker import RolloutWorker
-    from tests.fakes import CharTokenizer, FakeEngine, FakeTask
+    from tests.fakes import CharTokenizer, FakeEngine
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(weight_staging.shutil, "disk_usage", lambda path: usage(100, 90, 10))
