@@ -41,27 +41,30 @@ class RowSamples(Sequence[TaskSample]):
         part = int(np.searchsorted(self.starts, row, side="right")) - 1
         record = self.rows[row]
         return TaskSample(id=f"{Path(self.segments[part].name).name}:{row - int(self.starts[part])}",
-                          prompt=self.prompt_of(record, self.kinds[part]), reference=self.reference_of(record),
-                          columns=record)
-
-    def prompt_of(self, record: dict, kind: str):
-        """A row's prompt: the template over its columns, its text, or its conversation as a tuple of messages."""
-        if self.spec.template:
-            return self.spec.template.format(**record)
-        prompt = record[self.spec.prompt_key]
-        if kind == CHAT:  # Arrow gives every message every field of the struct type; unset ones are None
-            return tuple({k: v for k, v in message.items() if v is not None} for message in prompt)
-        return prompt
-
-    def reference_of(self, record: dict) -> str:
-        value = record.get(self.spec.answer_key)
-        if value is None:
-            return ""
-        if isinstance(value, float) and value.is_integer():
-            return str(int(value))  # a CSV column of whole numbers reads as floats: "72", not "72.0"
-        return str(value)
+                          prompt=row_prompt(record, self.kinds[part], self.spec),
+                          reference=row_reference(record, self.spec), columns=record)
 
     def digest_parts(self) -> list:
         """What identifies these samples beyond the source bytes: the row numbers and how rows become prompts."""
         return [self.spec.prompt_key, self.spec.template, self.spec.answer_key,
                 hashlib.sha256(self.index.tobytes()).hexdigest()[:16]]
+
+
+def row_prompt(record: dict, kind: str, spec: RowSpec):
+    """A row's prompt: the template over its columns, its text, or its conversation as a tuple of messages."""
+    if spec.template:
+        return spec.template.format(**record)
+    prompt = record[spec.prompt_key]
+    if kind == CHAT:  # Arrow gives every message every field of the struct type; unset ones are None
+        return tuple({k: v for k, v in message.items() if v is not None} for message in prompt)
+    return prompt
+
+
+def row_reference(record: dict, spec: RowSpec) -> str:
+    """A row's reference answer as text ("" without an answer column)."""
+    value = record.get(spec.answer_key)
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # a CSV column of whole numbers reads as floats: "72", not "72.0"
+    return str(value)

@@ -19,7 +19,7 @@ import numpy as np
 from areal.config import TrainConfig
 from rollouts.data.columns import CHAT, DatasetRowError, RowSpec, check_segment
 from rollouts.data.prompt_budget import prompts_within
-from rollouts.data.rows import RowSamples
+from rollouts.data.rows import RowSamples, row_prompt
 from rollouts.data.sources import Segment, load_segments, source_digest, source_list
 from rollouts.prompt_format import PromptFormat
 from rollouts.tasks.base import Task, TaskSample
@@ -82,10 +82,9 @@ def load_rows(path, split: str, key: str, spec: RowSpec, fmt: PromptFormat, toke
             raise DatasetRowError(f"{segment.name}, column {spec.prompt_key!r}: the prompts are chat conversations, "
                                   "but the model's tokenizer has no chat template or task.chat_template=none: use a "
                                   "chat model with task.chat_template=auto, or string prompts")
-        view = RowSamples([segment], [kind], spec, np.zeros(0, dtype=np.int64))
         result = prompts_within(
             segment, kind, spec.prompt_key, spec.template,
-            prompt_of=lambda i, v=view, s=segment, k=kind: v.prompt_of(s.rows[i], k),
+            prompt_of=lambda i, s=segment, k=kind: row_prompt(s.rows[i], k, spec),
             encode_len=lambda p: len(fmt.encode(tokenizer, p)), render=lambda p: fmt.render(tokenizer, p),
             budget=budget)
         kinds.append(kind)
