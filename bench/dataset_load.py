@@ -8,6 +8,7 @@ reading that file (``task.type=dataset``), two train steps each. For both it rep
 process's start to its first train step and the driver's peak resident memory (VmHWM); the difference is what
 the dataset costs. It also times the load alone in this process (reading, checking every row, the length
 filter), for string prompts and, when SmolLM2 is cached (``areal bootstrap --kind smollm2``), for chat prompts.
+Each `areal train` arm runs twice, alternated, and the faster of its two is reported (both are in the JSON).
 Writes bench/results/dataset_load.{json,md}.
 """
 
@@ -131,9 +132,15 @@ def main() -> None:
         tmp = Path(tmp)
         data, chat = tmp / "rows.parquet", tmp / "chat.parquet"
         write_rows(data, args.rows, chat=False)
-        runs = {"built-in arithmetic": time_to_first_step(RUN, tmp / "builtin"),
-                "dataset": time_to_first_step([*RUN, "task.type=dataset", f"task.path={data}",
-                                               "task.rewards=[math_verify]"], tmp / "dataset")}
+        arms = {"built-in arithmetic": RUN,
+                "dataset": [*RUN, "task.type=dataset", f"task.path={data}", "task.rewards=[math_verify]"]}
+        # alternated, twice each, the faster kept: the first process of a benchmark pays cold file caches
+        tries: dict[str, list[dict]] = {name: [] for name in arms}
+        for attempt in range(2):
+            for name, overrides in arms.items():
+                tries[name].append(time_to_first_step(overrides, tmp / f"{name.split()[0]}-{attempt}"))
+        runs = {name: min(found, key=lambda r: r["seconds_to_first_step"]) | {"tries": found}
+                for name, found in tries.items()}
         alone = {"text": load_alone(data, model, args.rows)}
         smollm2 = Path(os.environ.get("AREAL_CACHE", Path.home() / ".cache" / "areal")) / "smollm2-135m-instruct"
         if (smollm2 / "config.json").exists():
