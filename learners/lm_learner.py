@@ -23,7 +23,7 @@ from areal.types import TrainBatch
 from learners.deepspeed_learner import DeepSpeedLearner
 from learners.deepspeed_setup import Rendezvous, state_sizes, use_cuda
 from learners.lora import ADAPTER_DIR, LoraWeights, adapter_base
-from learners.model_files import carry_model_files
+from learners.model_files import read_model_files, write_model_files
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class LMLearner(DeepSpeedLearner):
         torch.manual_seed(seed + rdv.rank)
         self.algo, self.temperature = algo, temperature
         self.model_path = Path(model_path)
+        self.model_files = read_model_files(self.model_path)  # now: a resumed run's source may be pruned later
         dtype = torch.bfloat16 if use_cuda() and not cfg.gathers_gradients else torch.float32
         # a saved LoRA model (a LoRA checkpoint's model/) resumes from its base plus its adapter, not its merge
         base = adapter_base(model_path) if cfg.lora.rank else None
@@ -235,10 +236,10 @@ class LMLearner(DeepSpeedLearner):
         beside them in ``adapter/`` (PEFT's layout), with the same files."""
         merged = self.lora.merge(state) if self.lora else state
         self.engine.module.save_pretrained(path, state_dict=merged, safe_serialization=True)
-        carry_model_files(self.model_path, path)
+        write_model_files(self.model_files, path)
         if self.lora:
             self.lora.save_adapter(path / ADAPTER_DIR, state)
-            carry_model_files(self.model_path, path / ADAPTER_DIR)
+            write_model_files(self.model_files, path / ADAPTER_DIR)
 
     def export_names(self) -> list[str]:
         """State-dict names a weight export carries, in order (the base model's names: with LoRA, the merged

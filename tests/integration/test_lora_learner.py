@@ -106,7 +106,8 @@ def test_saved_model_is_a_merged_hf_model_with_a_peft_adapter_beside_it(base, tm
 
 def test_the_saved_model_and_adapter_render_a_chat_exactly_as_the_base_does(base, tmp_path):
     """A chat model's checkpoint keeps its chat template (transformers 5 writes it to chat_template.jinja) and
-    every other file of the base's tokenizer, in the merged folder and in the adapter's."""
+    every other file of the base's tokenizer, in the merged folder and in the adapter's, even once the folder
+    the learner started from is gone."""
     import shutil
 
     from transformers import AutoTokenizer
@@ -117,10 +118,12 @@ def test_the_saved_model_and_adapter_render_a_chat_exactly_as_the_base_does(base
     tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant]"
     tokenizer.save_pretrained(chat_base)
     assert (chat_base / "chat_template.jinja").is_file()
-    learner = make(chat_base)
-    saved = learner.save_model_atomic(tmp_path / "model")
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
     expected = AutoTokenizer.from_pretrained(chat_base).apply_chat_template(chat, tokenize=False)
+    learner = make(chat_base)
+    # a resumed run starts from a checkpoint's model/, which pruning may delete before the run saves again
+    shutil.rmtree(chat_base)
+    saved = learner.save_model_atomic(tmp_path / "model")
     for folder in (saved, saved / "adapter"):
         assert AutoTokenizer.from_pretrained(folder).apply_chat_template(chat, tokenize=False) == expected
     assert not (saved / "bootstrap.json").exists()
