@@ -1,4 +1,4 @@
-# Set-up is part of every target: a fresh clone needs nothing but Python 3.10+ and pip.
+# Set-up is part of every target: a fresh clone needs nothing but Linux, Python 3.11+ and pip.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin

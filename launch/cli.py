@@ -6,9 +6,14 @@ import argparse
 import logging
 import sys
 
+from launch.cli_checks import pip_packages
+from launch.config_view import add_config_parser
+from launch.interrupts import RunInterrupted, stop_on_signals
+
 TRAIN_HELP = """Run asynchronous RL locally on an embedded Ray (or on cluster.address).
 
-Arguments are Hydra overrides of the typed config (areal/config), for example:
+Arguments are Hydra overrides of the typed config (areal/config); `areal config --keys [PREFIX]` lists the keys
+with their types, defaults and docs, `areal config OVERRIDES` prints the config they compose. For example:
   areal train experiment=arith_tiny rollout.workers=2 algo.max_staleness=4
   areal train experiment=arith_tiny algo.max_staleness=0      # synchronous baseline
   areal train experiment=ddpo_tiny                             # diffusion: async DDPO, JPEG compressibility
@@ -17,34 +22,35 @@ Outputs go to out_dir (metrics.jsonl, tensorboard/, wandb/, checkpoints/, summar
 
 
 def cmd_train(args) -> int:
-    from launch.config_loader import ConfigError, load_config
-    from launch.run_dir import RunDirError
-    from launch.train import RunInterrupted, train
-    from learners.checkpoint import CheckpointError
-    from rollouts.data.columns import DatasetRowError
-    from rollouts.data.sources import DatasetSourceError
-    from rollouts.rewards.suite import RewardConfigError
+    from launch.config_view import cmd_config
+    from launch.preflight import ConfigError, validate
+    from launch.train import train
 
+    if args.cfg:  # Hydra's `--cfg job`: the resolved config, nothing run
+        args.keys, args.check = None, False
+        return cmd_config(args)
     try:
-        cfg, resolved = load_config(args.overrides)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    if cfg.logging.verbose:  # quiet, the console's first line names RUN_DIR/config.yaml instead
-        print(resolved)
-    try:
+        cfg, resolved = validate(args.overrides, local=False)
+        if cfg.logging.verbose:  # quiet, the console's first line names RUN_DIR/config.yaml instead
+            print(resolved)
         summary = train(cfg, resolved)
-    except RunInterrupted as exc:
-        print(f"\n{exc}: {exc.resume_hint}", file=sys.stderr)
-        return 130
-    except (RunDirError, CheckpointError, DatasetRowError, DatasetSourceError, RewardConfigError) as exc:
-        print(f"areal train: {exc}", file=sys.stderr)  # the run cannot start here: one line saying why
-        return 2
+    except ConfigError as exc:  # the run cannot start: one line saying why; nothing was made
+        return refused("train", exc, args.overrides)
     first, last = summary["initial_eval"], summary["final_eval"]
     print(f"\nheld-out {summary['eval_metric'].split('/')[-1]}: {first:.3f} -> {last:.3f} ({last - first:+.3f}) after "
           f"{summary['steps']} steps in {summary['seconds']:.0f}s; checkpoint: {summary['checkpoint']}")
     print(f"plots and a report page: areal report {cfg.out_dir}")
     return 0
+
+
+def refused(command: str, exc: Exception, overrides: list[str]) -> int:
+    """Print why ``command`` cannot start in one line (with the traceback under logging.verbose=true); exit 2."""
+    if any(o.lstrip("+").replace(" ", "") in ("logging.verbose=true", "logging.verbose=True") for o in overrides):
+        import traceback
+
+        traceback.print_exc()
+    print(f"areal {command}: {exc}", file=sys.stderr)
+    return 2
 
 
 EVAL_HELP = """Evaluate a model on the held-out sets without training: greedy accuracy, pass@k and mean@k
@@ -59,10 +65,10 @@ Outputs go to out_dir (default runs/eval-DATE-TIME): metrics.json and generation
 
 
 def cmd_eval(args) -> int:
-    from launch.config_loader import ConfigError
     from launch.console import close_console, setup_console
     from launch.evaluate import eval_config, evaluate
-    from launch.run_dir import RunDirError, prepare_run_dir
+    from launch.preflight import ConfigError, one_line
+    from launch.run_dir import prepare_run_dir
     from learners.checkpoint import CheckpointError
     from rollouts.data.columns import DatasetRowError
     from rollouts.data.sources import DatasetSourceError
@@ -70,19 +76,20 @@ def cmd_eval(args) -> int:
 
     try:
         cfg, resolved, step = eval_config(args.model, args.overrides)
-        out = prepare_run_dir(cfg, resumable=False)
-    except (ConfigError, FileNotFoundError, CheckpointError, RunDirError) as exc:
-        print(f"areal eval: {exc}", file=sys.stderr)
-        return 2
+    except (ConfigError, FileNotFoundError, CheckpointError) as exc:
+        return refused("eval", ConfigError(one_line(exc)), args.overrides)
+    out = prepare_run_dir(cfg, resumable=False)
     (out / "config.yaml").write_text(resolved)
     import ray  # noqa: F401  (before the console: importing ray installs Ray's own log handler)
 
     setup_console(out, cfg.logging.verbose, holds="config.yaml, metrics.json, generations/")
     try:
         metrics = evaluate(cfg, step)
+    except RunInterrupted as exc:
+        exc.resume_hint, exc.out_dir = "the evaluation did not finish; run the same command again", str(out)
+        raise
     except (DatasetRowError, DatasetSourceError, RewardConfigError) as exc:
-        print(f"areal eval: {exc}", file=sys.stderr)
-        return 2
+        return refused("eval", ConfigError(one_line(exc)), args.overrides)
     finally:
         close_console()
     main = "eval/reward" if cfg.is_diffusion else "eval/accuracy"
@@ -114,14 +121,34 @@ TOKEN_HELP = ("the cluster's Ray token (token authentication); default: $RAY_AUT
               "$RAY_AUTH_TOKEN_PATH names, ~/.ray/auth_token")
 
 
+def refuse(command: str, message: str) -> int:
+    """How a command refuses what it was given: one line on stderr naming the option and the fix, exit status 2."""
+    print(f"areal {command}: {message}", file=sys.stderr)
+    return 2
+
+
+def single_line(exc: Exception) -> str:
+    """An error's message on one line (Hydra's spans several: key, value, type)."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
 def cmd_submit(args) -> int:
     from launch import jobs
+    from launch.preflight import ConfigError, validate
 
     if args.slurm:
         return submit_to_slurm(args)
     slurm_only = [flag for flag, dest, *_ in SLURM_OPTIONS if hasattr(args, dest)]
     if slurm_only:
-        raise ValueError(f"{', '.join(slurm_only)} set a Slurm job: add --slurm, or drop them for the Ray Jobs API")
+        return refuse("submit", f"{', '.join(slurm_only)} set a Slurm job: add --slurm, or drop them for the Ray "
+                                "Jobs API")
+    if not 0 <= args.num_cpus < float("inf"):  # Ray would refuse it only after the upload
+        return refuse("submit", f"--num-cpus must be a number >= 0 (CPUs reserved for the driver), got "
+                                f"{args.num_cpus}; nothing was submitted")
+    try:  # here, in a second, rather than on the cluster after the upload
+        validate(args.overrides, local=False)
+    except ConfigError as exc:
+        return refuse("submit", f"{single_line(exc)}; nothing was submitted")
     job_id, link = jobs.submit(args.overrides, args.address, args.python, pip=args.pip or None,
                                num_cpus=args.num_cpus, token_file=args.token_file)
     print(f"submitted {job_id}\ndashboard: {link}\nfollow:    areal logs {job_id} --follow"
@@ -135,23 +162,23 @@ def cmd_submit(args) -> int:
 
 
 def submit_to_slurm(args) -> int:
-    """`areal submit --slurm`: check the overrides here, sbatch the rendered script, say how to follow the job."""
-    from launch.config_loader import ConfigError
+    """`areal submit --slurm`: check the options and overrides here, sbatch the rendered script, say how to follow
+    the job."""
+    from launch.cli_checks import OptionError
+    from launch.preflight import ConfigError
     from launch.slurm import jobs as slurm_jobs
 
     ray_only = [flag for flag, given in (("--address", args.address), ("--token-file", args.token_file),
                                          ("--python", args.python != "python"), ("--pip", args.pip),
                                          ("--num-cpus", args.num_cpus)) if given]
     if ray_only:
-        raise ValueError(f"{', '.join(ray_only)} only apply to the Ray Jobs API: drop them with --slurm (the Slurm "
-                         "job starts its own Ray, with its own token)")
-    job = slurm_job(args)
+        return refuse("submit", f"{', '.join(ray_only)} only apply to the Ray Jobs API: drop them with --slurm (the "
+                                "Slurm job starts its own Ray, with its own token)")
     try:
+        job = checked_slurm_job(args)
         cfg = slurm_jobs.validate(job)
-    except ConfigError as exc:  # Hydra's message spans lines (key, value, type): one line here
-        print(f"areal submit: {'; '.join(line.strip() for line in str(exc).splitlines() if line.strip())}; "
-              "nothing was submitted", file=sys.stderr)
-        return 2
+    except (OptionError, ConfigError) as exc:
+        return refuse("submit", f"{single_line(exc)}; nothing was submitted")
     job_id = slurm_jobs.submit(job)
     token_dir = job.token_dir or "~/.areal/ray-auth"
     print(f"submitted {job_id} (Slurm job: areal train, out_dir={cfg.out_dir})\n"
@@ -229,31 +256,68 @@ def add_slurm_options(parser) -> None:
 
 
 def slurm_job(args):
-    """The SlurmJob the Slurm options describe (SlurmJob's own defaults for those not given)."""
-    from launch.slurm.render import SlurmJob
+    """The SlurmJob the Slurm options describe (SlurmJob's own defaults for those not given); OptionError naming
+    the flag of a value the script cannot take."""
+    from launch.cli_checks import OptionError
+    from launch.slurm.render import SlurmJob, SlurmJobError
 
     given = {dest: getattr(args, dest) for _, dest, *_ in SLURM_OPTIONS if hasattr(args, dest)}
     partition = given.pop("partition", "")
-    return SlurmJob(**given, overrides=args.overrides,
-                    extra_sbatch=[f"#SBATCH --partition={partition}"] if partition else [])
+    try:
+        return SlurmJob(**given, overrides=args.overrides,
+                        extra_sbatch=[f"#SBATCH --partition={partition}"] if partition else [])
+    except SlurmJobError as exc:  # it names the field; the user gave a flag
+        flags = {dest: flag for flag, dest, *_ in SLURM_OPTIONS} | {"extra_sbatch": "--partition",
+                                                                     "overrides": "an override"}
+        raise OptionError(f"{flags.get(exc.field, exc.field)} {exc.detail}") from None
+
+
+def checked_slurm_job(args):
+    """slurm_job, with --log-dir checked too: Slurm does not create it, and writes nothing when it cannot."""
+    from launch.cli_checks import check_dir
+
+    job = slurm_job(args)
+    check_dir("--log-dir", job.log_dir, "Slurm writes the job's output there")
+    return job
 
 
 def cmd_slurm(args) -> int:
     from pathlib import Path
 
+    from launch.cli_checks import OptionError, check_new_file
+    from launch.preflight import ConfigError
+    from launch.slurm import jobs as slurm_jobs
     from launch.slurm.render import render
 
-    job = slurm_job(args)
-    Path(job.log_dir).mkdir(parents=True, exist_ok=True)  # Slurm does not create the output directory
-    Path(args.script).write_text(render(job))
+    try:  # all of it before anything is written: a typo in an override leaves no script to sbatch by mistake
+        job = checked_slurm_job(args)
+        check_new_file("--script", args.script)
+        slurm_jobs.validate(job)
+    except (OptionError, ConfigError) as exc:
+        return refuse("slurm", f"{single_line(exc)}; no script was written")
+    try:  # the checks above ask the file system; it may still say no (a read-only mount, a race)
+        Path(job.log_dir).mkdir(parents=True, exist_ok=True)  # Slurm does not create the output directory
+        Path(args.script).write_text(render(job))
+    except OSError as exc:
+        return refuse("slurm", f"cannot write {exc.filename} ({exc.strerror}): check --log-dir and --script")
     print(f"wrote {args.script}; submit it with: sbatch {args.script} (or render and submit in one go: "
           "areal submit --slurm, same options)")
     return 0
 
 
 def cmd_report(args) -> int:
-    from launch.report import write_report
+    from pathlib import Path
 
+    from launch.cli_checks import OptionError, check_dir
+    from launch.report import run_dir_problem, write_report
+
+    problem = run_dir_problem(args.run_dir)  # before anything is written into it
+    if problem:
+        return refuse("report", problem)
+    try:
+        check_dir("--out", args.out or Path(args.run_dir) / "report", "the plots and report.html go there")
+    except OptionError as exc:
+        return refuse("report", str(exc))
     try:
         page = write_report(args.run_dir, args.out or None, args.x)
     except (FileNotFoundError, ValueError) as exc:
@@ -264,6 +328,12 @@ def cmd_report(args) -> int:
 
 
 def cmd_bootstrap(args) -> int:
+    from launch.cli_checks import OptionError, check_bootstrap_out
+
+    try:  # now, not after minutes of training; word_problems' --out is a folder its dataset goes under
+        check_bootstrap_out(args.out, holds_model=args.kind != "word_problems")
+    except OptionError as exc:
+        return refuse("bootstrap", str(exc))
     if args.kind == "diffusion":
         from launch.diffusion_bootstrap import bootstrap_diffusion, diffusion_model_dir
 
@@ -285,14 +355,23 @@ def cmd_bootstrap(args) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's errors in one line, as every other refusal of the command (its usage block is --help's)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (`{self.prog} --help` shows the options)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="areal",
-                                     description="Fully asynchronous RL for reasoning LLMs and diffusion models.")
+    stop_on_signals()  # first: a signal during the imports or the config check ends in one line too
+    parser = OneLineParser(prog="areal", description="Fully asynchronous RL for reasoning LLMs and diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="run an RL job", description=TRAIN_HELP,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_argument("overrides", nargs="*", help="key=value config overrides")
+    train.add_argument("overrides", nargs="*", help="key=value config overrides (`areal config --keys` lists them)")
+    train.add_argument("--cfg", choices=("job",), help="print the resolved config (as `areal config`) and exit")
     train.set_defaults(func=cmd_train)
+    add_config_parser(sub)
     evaluation = sub.add_parser("eval", help="evaluate a model or checkpoint on the held-out sets",
                                 description=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     evaluation.add_argument("model", help="a Hugging Face model folder, a checkpoint step-N directory or a run "
@@ -305,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     submit.add_argument("--address", default="", help="the cluster's dashboard, e.g. http://HEAD:8265")
     submit.add_argument("--token-file", default="", help=TOKEN_HELP)
     submit.add_argument("--python", default="python", help="the Python the job's driver runs with on the head node")
-    submit.add_argument("--pip", nargs="*", default=[], help="extra pip packages for the job's runtime environment")
+    # one package per flag (a comma list allowed): nargs="*" would swallow the overrides that follow it
+    submit.add_argument("--pip", action="extend", type=pip_packages, default=[], metavar="PACKAGES",
+                        help="extra pip packages for the job's runtime environment: --pip trl --pip 'numpy,pandas'")
     submit.add_argument("--num-cpus", type=float, default=0, help="CPUs reserved for the driver itself")
     submit.add_argument("--wait", action="store_true", help="block until the job ends; exit 0 only if it succeeded")
     submit.add_argument("--slurm", action="store_true", help="sbatch it as a Slurm job (the options below) instead")
@@ -355,6 +436,16 @@ def main(argv: list[str] | None = None) -> int:
     boot.add_argument("--seed", type=int, default=0)
     boot.set_defaults(func=cmd_bootstrap)
     args = parser.parse_args(argv)
+    try:
+        return run_command(args)
+    except RunInterrupted as exc:  # SIGTERM / Ctrl-C, at any moment: one line, exit 130
+        what = f"areal {args.command}" + (f" (out_dir={exc.out_dir})" if getattr(exc, "out_dir", "") else "")
+        print(f"\n{what} {exc}: {exc.resume_hint or 'nothing was written; run the same command again'}",
+              file=sys.stderr)
+        return 130
+
+
+def run_command(args) -> int:
     if args.func not in (cmd_train, cmd_eval):  # a run sets up its own console and log file (launch/console.py)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.func in (cmd_submit, cmd_status, cmd_logs, cmd_stop, cmd_slurm):

@@ -7,6 +7,7 @@ checks values and names the dotted key.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -43,6 +44,25 @@ def register_schemas() -> None:
     OmegaConf.register_new_resolver("areal_data", areal_data, replace=True)
 
 
+# lines of Hydra's and OmegaConf's messages that repeat the key or describe their internals
+NOISE = ("full_key:", "reference_type", "object_type", "Error merging override", "See https", "Config search path",
+         "provider=", "To append to your config", "Could not override")
+OVERRIDDEN = re.compile(r"Could not override '([^']+)'")
+
+
+def composition_error(exc: BaseException) -> str:
+    """One line for an error of Hydra's composition: the key, then what was wrong with its value."""
+    cause = exc.__cause__
+    key = getattr(exc, "full_key", None) or getattr(cause, "full_key", None)
+    overridden = OVERRIDDEN.search(str(exc))
+    if overridden:  # a key inside a list of records (task.eval_sets): name the override, not the inner key
+        key = overridden.group(1)
+    lines = [line.strip() for text in (str(exc), str(cause or "")) for line in text.splitlines() if line.strip()]
+    detail = "; ".join(dict.fromkeys(line for line in lines if not line.startswith(NOISE)))
+    hint = f"; `areal config --keys {key}` says what it takes" if key else ""
+    return f"config error: {key + ': ' if key else ''}{detail}{hint}"
+
+
 def load_config(overrides: list[str], config_name: str = "train", base: Path | None = None) -> tuple[TrainConfig, str]:
     """(validated TrainConfig, resolved YAML) for Hydra-style ``key=value`` overrides; ``base``: a run's resolved
     config.yaml to start from instead of configs/ (``areal eval`` of a checkpoint)."""
@@ -57,8 +77,7 @@ def load_config(overrides: list[str], config_name: str = "train", base: Path | N
             composed = compose(config_name=config_name, overrides=list(overrides))
         cfg = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as exc:
-        detail = f"{exc}" + (f"\n{exc.__cause__}" if exc.__cause__ is not None else "")
-        raise ConfigError(f"config error: {detail}") from None
+        raise ConfigError(composition_error(exc)) from None
     except ValueError as exc:  # __post_init__ checks, and Hydra's own override errors
         if str(exc).startswith("config error"):
             raise ConfigError(str(exc)) from None

@@ -44,15 +44,16 @@ def find_target(target: str) -> tuple[str, Path | None, int]:
 
 def eval_config(target: str, overrides: list[str]) -> tuple[TrainConfig, str, int]:
     """(config, resolved YAML, step) for evaluating ``target``: its run's config when it has one."""
-    from launch.config_loader import load_config
+    from launch.preflight import check_local, validate
 
     model, run_config, step = find_target(target)
-    extra = [f"model_path={model}"]
+    extra = [f"model_path={model}", "checkpoint.resume=false", "checkpoint.resume_from="]
     if not any(o.split("=", 1)[0].lstrip("+") == "out_dir" for o in overrides):
         extra.append(f"out_dir=runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
     if run_config is not None:  # the trained model stands in for the run's own model
         extra.append("learner.lora.rank=0")
-    cfg, resolved = load_config([*overrides, *extra], base=run_config)
+    cfg, resolved = validate([*overrides, *extra], base=run_config, local=False)
+    check_local(cfg)
     return cfg, resolved, step
 
 

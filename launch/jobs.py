@@ -23,9 +23,20 @@ FINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 def address(given: str = "") -> str:
-    """The cluster's dashboard address: ``given``, else $RAY_ADDRESS when it is an http one, else loopback."""
+    """The cluster's dashboard address: ``given``, else $RAY_ADDRESS when it is an http one, else loopback.
+
+    ``given`` may leave out the scheme (HEAD:8265 is http://HEAD:8265): without one, Ray's client would take it for
+    the cluster's GCS address and wait a minute for a Ray that is not there."""
+    if given:
+        url = given.strip().rstrip("/")
+        if "://" not in url:
+            return f"http://{url}"
+        if not url.startswith(("http://", "https://")):  # Ray's client would take the scheme for a plugin's name
+            raise ValueError(f"--address {given}: the Ray Jobs API is the dashboard's http address, e.g. "
+                             "http://HEAD:8265 or HEAD:8265")
+        return url
     env = os.environ.get("RAY_ADDRESS", "")
-    return given or (env if env.startswith("http") else DEFAULT_ADDRESS)
+    return env if env.startswith("http") else DEFAULT_ADDRESS
 
 
 def token(token_file: str = "") -> tuple[str, str]:

@@ -255,6 +255,22 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
 
 
+def run_dir_problem(run_dir: str | Path) -> str:
+    """Why ``run_dir`` is not a run's directory; "" when it is. A run's holds the marker areal writes when the run
+    starts, or (a run from before the marker) its metrics.jsonl: anything else would get a page of empty plots."""
+    from launch.run_dir import RUN_MARKER
+
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return f"{run_dir} is not a run directory (it does not exist): give the out_dir of a run"
+    if not run_dir.is_dir():
+        return f"{run_dir} is not a run directory (it is a file): give the out_dir of a run"
+    if not ((run_dir / RUN_MARKER).exists() or (run_dir / "metrics.jsonl").is_file()):
+        return (f"{run_dir} is not a run directory (it holds neither {RUN_MARKER} nor metrics.jsonl): give the "
+                "out_dir of a run")
+    return ""
+
+
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, x: str = "step") -> Path:
     """Plots and report.html for ``run_dir`` (into ``out_dir``, default RUN_DIR/report), the per-step plots
     against ``x``: ``step`` or ``time`` (seconds since the run started); returns the page."""

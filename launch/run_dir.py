@@ -32,8 +32,9 @@ def continues_run_in(cfg: TrainConfig, out: Path) -> bool:
     return source == out or out in source.parents
 
 
-def prepare_run_dir(cfg: TrainConfig, resumable: bool) -> Path:
-    """Check ``out_dir`` for this run and create it; with ``overwrite`` empty an earlier run's directory first.
+def check_run_dir(cfg: TrainConfig, resumable: bool) -> bool:
+    """Whether ``out_dir`` can take this run; True when an earlier run there must be emptied first
+    (``overwrite``). RunDirError naming the setting that would allow it otherwise. Changes nothing.
 
     ``resumable``: a checkpoint to continue from was found (``checkpoint.resume`` alone may find none).
     """
@@ -42,7 +43,7 @@ def prepare_run_dir(cfg: TrainConfig, resumable: bool) -> Path:
         raise RunDirError(f"out_dir={out} is a file; give a directory for the run")
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if not entries or (resumable and continues_run_in(cfg, out)):
-        return mark(out)
+        return False
     if not cfg.overwrite:
         held = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
         why = ("checkpoint.resume=true found no complete checkpoint there to continue from"
@@ -53,9 +54,16 @@ def prepare_run_dir(cfg: TrainConfig, resumable: bool) -> Path:
         raise RunDirError(f"overwrite=true: out_dir={out} holds no {RUN_MARKER} (the file areal writes into every "
                           "run directory it makes), so it is not a run directory; refusing to delete it: choose "
                           "another out_dir, or empty it yourself")
-    for name in entries:
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    return True
+
+
+def prepare_run_dir(cfg: TrainConfig, resumable: bool) -> Path:
+    """Check ``out_dir`` for this run (``check_run_dir``) and create it; with ``overwrite`` empty an earlier run's
+    directory first."""
+    out = Path(cfg.out_dir)
+    if check_run_dir(cfg, resumable):
+        for path in out.iterdir():
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     return mark(out)
 
 

@@ -5,18 +5,41 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import threading
+from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 from areal.config import TrainConfig
 
 log = logging.getLogger("areal")
 
 
+def _start_up_errors() -> tuple[type[BaseException], ...]:
+    from learners.checkpoint import CheckpointError
+    from rollouts.data.columns import DatasetRowError
+    from rollouts.data.sources import DatasetSourceError
+    from rollouts.rewards.suite import RewardConfigError
+
+    return CheckpointError, DatasetRowError, DatasetSourceError, RewardConfigError, FileNotFoundError
+
+
 def cpus_needed(cfg: TrainConfig) -> float:
     """CPUs for the learners and the most rollout workers the balancer may run (the resource budget)."""
     return cfg.rollout.worker_budget[1] * cfg.rollout.num_cpus + cfg.learner.workers * cfg.learner.num_cpus
+
+
+@contextmanager
+def keep_signal_handlers():
+    """Keep the run's SIGTERM handler while ``ray.init`` runs: Ray installs its own there, which exits with
+    ``SystemExit`` wherever the main thread is (seen: inside the logging module's lock release, which then
+    deadlocked the process) and leaves the Ray processes it started running."""
+    try:
+        import ray._private.utils as ray_utils
+    except ImportError:
+        yield
+        return
+    with mock.patch.object(ray_utils, "set_sigterm_handler", lambda handler: None):
+        yield
 
 
 def init_ray(cfg: TrainConfig) -> bool:
@@ -30,15 +53,23 @@ def init_ray(cfg: TrainConfig) -> bool:
     if ray.is_initialized():
         return False
     from launch.console import announce_ray
+    from launch.interrupts import RunInterrupted, stop_on_signals
 
     # quiet console: workers' output stays in Ray's worker log files (announce_ray says where)
-    if cfg.cluster.address:
-        context = ray.init(address=cfg.cluster.address, log_to_driver=cfg.logging.verbose)
-    else:
-        # Oversubscribing logical CPUs is fine on a small machine: actors mostly wait on each other.
-        num_cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, int(cpus_needed(cfg) + 0.999))
-        context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=cfg.cluster.dashboard_host,
-                           log_to_driver=cfg.logging.verbose)
+    try:
+        with keep_signal_handlers():
+            if cfg.cluster.address:
+                context = ray.init(address=cfg.cluster.address, log_to_driver=cfg.logging.verbose)
+            else:
+                # Oversubscribing logical CPUs is fine on a small machine: actors mostly wait on each other.
+                num_cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, int(cpus_needed(cfg) + 0.999))
+                context = ray.init(num_cpus=num_cpus, include_dashboard=True,
+                                   dashboard_host=cfg.cluster.dashboard_host, log_to_driver=cfg.logging.verbose)
+    except RunInterrupted:
+        ray.shutdown()  # the processes it had started would outlive this one
+        raise
+    finally:
+        stop_on_signals()
     announce_ray(context, Path(cfg.out_dir))
     return True
 
@@ -103,10 +134,6 @@ def calculator_demo_model(cfg: TrainConfig) -> Path:
     from launch.bootstrap import bootstrap_model
 
     t = cfg.task
-    if t.type != "arithmetic" or cfg.env.tool_syntax != "tagged" or "calculator" not in cfg.env.tools:
-        raise ValueError("config error: env.type=tools without model_path warm-starts the tiny model on calculator "
-                         "calls, which needs task.type=arithmetic, env.tool_syntax=tagged and the calculator in "
-                         "env.tools; give model_path for anything else")
     kwargs = arithmetic_kwargs(cfg)
     names = {"+": "add", "-": "sub", "*": "mul"}
     space = "-".join([*(names[op] for op in t.operators),
@@ -194,58 +221,12 @@ def make_batcher(cfg: TrainConfig, model_path: str):
     return TokenBatcher(cfg.algo.advantage, AutoTokenizer.from_pretrained(model_path).pad_token_id or 0)
 
 
-class RunInterrupted(KeyboardInterrupt):
-    """SIGTERM or Ctrl-C stopped the run; ``resume_hint`` says how to continue it."""
-
-    resume_hint = ""
-
-
-def stop_on_signals() -> None:
-    """SIGTERM (kill, Slurm's scancel, Kubernetes) and SIGINT raise ``RunInterrupted`` in the main thread, so
-    the run shuts its actors and its embedded Ray down. Ray's core installs a handler for SIGTERM that aborts
-    the process, which left Ray's dashboard and runtime-env agents running; this replaces it. A second
-    SIGTERM during the shutdown is ignored (the scheduler's SIGKILL follows if it takes too long)."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def handler(signum, frame):
-        if signum == signal.SIGTERM:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise RunInterrupted(f"stopped by {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
-def resume_hint(cfg: TrainConfig) -> str:
-    """How to continue a stopped run, naming its newest checkpoint."""
-    from learners.checkpoint import CheckpointStore
-
-    steps = CheckpointStore(Path(cfg.out_dir) / "checkpoints", cfg.checkpoint.keep_last).steps()
-    if not steps:
-        return (f"no checkpoint was written in {cfg.out_dir}; start again there with overwrite=true, or use "
-                "another out_dir")
-    return (f"newest checkpoint {steps[-1]}; continue with: areal train <same overrides> out_dir={cfg.out_dir} "
-            "checkpoint.resume=true")
-
-
-def train(cfg: TrainConfig, resolved_yaml: str) -> dict:
-    """Run one job to completion; returns its summary (also written to RUN_DIR/summary.json)."""
-    import ray
-    import torch
-
-    from actors.driver import Driver
+def build_inputs(cfg: TrainConfig, resume) -> tuple[str, object, object]:
+    """(model path, task, batcher): the demo model bootstrapped if needed, the dataset measured with the model's
+    tokenizer, the checkpoint to resume checked against both."""
     from actors.milestones import MILESTONE
-    from launch.console import close_console, setup_console
-    from launch.run_dir import prepare_run_dir
-    from launch.sinks import make_sinks
-    from rollouts.tasks.factory import check_rewards, make_task
+    from rollouts.tasks.factory import make_task
 
-    check_rewards(cfg)  # a reward that does not resolve stops the run before its directory is made
-    resume = find_resume_checkpoint(cfg)
-    out_dir = prepare_run_dir(cfg, resumable=resume is not None)  # before anything is written there
-    (out_dir / "config.yaml").write_text(resolved_yaml)
-    setup_console(out_dir, cfg.logging.verbose)
     model_path = resolve_model(cfg)
     batcher = make_batcher(cfg, model_path)
     task = make_task(cfg, model_path)
@@ -254,15 +235,50 @@ def train(cfg: TrainConfig, resolved_yaml: str) -> dict:
     if resume is not None:
         check_resume_fits(resume, cfg, task.digest(), model_path)
         leave_later_timeline(cfg, resume)
-    started_ray = init_ray(cfg)
-    stop_on_signals()  # after ray.init, whose core replaced the SIGTERM handler
-    driver = None
-    sinks = make_sinks(cfg, out_dir)
+    return model_path, task, batcher
+
+
+def train(cfg: TrainConfig, resolved_yaml: str) -> dict:
+    """Run one job to completion; returns its summary (also written to RUN_DIR/summary.json).
+
+    Everything that can refuse the run is checked before its directory is made (``check_local``; ConfigError);
+    what can only be found after (a chat dataset for a model without a chat template, a checkpoint made from
+    other inputs) fails as ConfigError too, and a directory this run made is removed again, so the corrected
+    command runs into it. A signal before training starts leaves nothing either."""
+    from launch.preflight import ConfigError, check_local, one_line
+
+    resume = check_local(cfg)  # first: a refusal costs a second, not the imports of torch and Ray
+    import ray
+    import torch
+
+    from actors.driver import Driver
+    from launch.console import close_console, setup_console
+    from launch.interrupts import RunInterrupted, resume_hint
+    from launch.run_dir import prepare_run_dir
+    from launch.sinks import make_sinks
+
+    existed = Path(cfg.out_dir).is_dir()
+    out_dir = prepare_run_dir(cfg, resumable=resume is not None)  # before anything is written there
+    (out_dir / "config.yaml").write_text(resolved_yaml)
+    setup_console(out_dir, cfg.logging.verbose)
+    started_ray, driver, sinks, training, discard = False, None, [], False, False
+    startup_errors = _start_up_errors()
     try:
+        model_path, task, batcher = build_inputs(cfg, resume)
+        started_ray = init_ray(cfg)
+        sinks = make_sinks(cfg, out_dir)
         driver = Driver(cfg, model_path, task, batcher, sinks, use_gpu=torch.cuda.is_available(), resume=resume)
+        training = True
         summary = driver.run()
+    except startup_errors as exc:
+        if training:
+            raise
+        discard = resume is None
+        raise ConfigError(one_line(exc)) from None
     except RunInterrupted as exc:
-        exc.resume_hint = resume_hint(cfg)
+        discard = resume is None and not training
+        exc.resume_hint = resume_hint(cfg.out_dir, cfg.checkpoint.keep_last, started=not discard)
+        exc.out_dir = cfg.out_dir
         log.error("%s; shutting the run down (%s)", exc, exc.resume_hint)
         raise
     finally:
@@ -274,5 +290,18 @@ def train(cfg: TrainConfig, resolved_yaml: str) -> dict:
         if started_ray:
             ray.shutdown()
         close_console()
+        if discard:
+            discard_run_dir(out_dir, existed)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def discard_run_dir(out_dir: Path, existed: bool) -> None:
+    """Remove what a run that never started wrote: the directory it made, or the contents of one it was given."""
+    import shutil
+
+    if not existed:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return
+    for path in out_dir.iterdir():
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink()

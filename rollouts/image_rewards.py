@@ -122,6 +122,16 @@ class _FunctionReward(ImageReward):
         return float(self.fn(image, prompt))
 
 
+def import_reward(name: str):
+    """What ``task.reward = "package.module:attr"`` names, imported (ValueError naming the key when it cannot be)."""
+    module_name, attr = name.split(":", 1)
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"task.reward = {name!r} cannot be imported ({exc}); give package.module:name of an "
+                         "importable ImageReward or function") from None
+
+
 def make_image_reward(name: str, model_path: str = "") -> ImageReward:
     """The reward ``task.reward`` names: a built-in, or ``package.module:attr`` of the user's (an ImageReward
     class, an instance, or a function ``(image, prompt) -> float``)."""
@@ -135,12 +145,7 @@ def make_image_reward(name: str, model_path: str = "") -> ImageReward:
                              f"{AESTHETIC_HEAD})")
         return AestheticScore(model_path)
     if ":" in name:
-        module_name, attr = name.split(":", 1)
-        try:
-            target = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"task.reward = {name!r} cannot be imported ({exc}); give package.module:name of an "
-                             "importable ImageReward or function") from None
+        target = import_reward(name)
         if isinstance(target, type) and issubclass(target, ImageReward):
             return target()
         if isinstance(target, ImageReward):

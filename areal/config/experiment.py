@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from areal.config._checks import require
+from areal.config._checks import check_signs, require
 from areal.config.algo import AlgoConfig
 from areal.config.controller import ControllerConfig
 from areal.config.diffusion import DiffusionConfig
@@ -58,7 +58,8 @@ class TrainConfig:
     """Run directory: metrics, TensorBoard, wandb, checkpoints. A new run needs it empty or absent; to continue
     the run in it, checkpoint.resume=true."""
     overwrite: bool = False
-    """Delete the earlier run in out_dir (a directory with its config.yaml) and start a new run there."""
+    """Delete the earlier run in out_dir (a directory areal made for a run: it holds .areal-run) and start a new run
+    there."""
     seed: int = 0
     """Seed of the run (dataset order, engines, learner)."""
     batch_size: int = 8
@@ -80,6 +81,7 @@ class TrainConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self):
+        check_signs(self)
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an int >= 1")
         require(self.total_steps >= 1, "total_steps", self.total_steps, "an int >= 1")
         require(self.eval_every >= 0, "eval_every", self.eval_every, "an int >= 0")
@@ -101,6 +103,11 @@ class TrainConfig:
         require(not (self.env.type == "tools" and self.task.is_dataset), "env.type", self.env.type,
                 "none or custom with task.type=dataset (the tools environment scores answers with a generated "
                 "task's own rule: task.type=arithmetic)")
+        require(self.model_path or self.env.type != "tools" or (
+            self.task.type == "arithmetic" and self.env.tool_syntax == "tagged" and "calculator" in self.env.tools),
+            "model_path", self.model_path, "a model directory: env.type=tools without model_path warm-starts the tiny "
+            "model on calculator calls, which needs task.type=arithmetic, env.tool_syntax=tagged and the calculator "
+            "in env.tools")
         require(not (self.is_diffusion and self.task.eval_k), "task.eval_k", self.task.eval_k,
                 "0 with engine.type=diffusers (pass@k is for text answers)")
         t = self.task

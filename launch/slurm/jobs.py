@@ -67,15 +67,22 @@ def run_overrides(job: SlurmJob) -> list[str]:
 
 
 def validate(job: SlurmJob):
-    """The run's TrainConfig, composed here from the job's overrides; ConfigError (nothing sent) when they fail."""
-    from launch.config_loader import load_config
+    """The run's TrainConfig, composed here from the job's overrides; ConfigError (nothing sent) when they fail.
 
-    return load_config(run_overrides(job))[0]
+    ``local=False``: the run happens on the cluster, so what only its nodes hold (out_dir, data, models) is not
+    looked for here."""
+    from launch.preflight import validate as preflight
+
+    return preflight(run_overrides(job), local=False)[0]
 
 
 def submit(job: SlurmJob) -> str:
     """sbatch the rendered script (on stdin: no script file is left behind); returns the Slurm job id."""
-    Path(job.log_dir).mkdir(parents=True, exist_ok=True)  # Slurm does not create the output directory
+    try:
+        Path(job.log_dir).mkdir(parents=True, exist_ok=True)  # Slurm does not create the output directory
+    except OSError as exc:
+        raise SlurmError(f"--log-dir {job.log_dir}: cannot create it ({exc.strerror}); give a directory you can "
+                         "write (Slurm writes the job's output there)") from None
     done = run("sbatch", "--parsable", stdin=render(job))
     if done.returncode != 0:
         raise SlurmError(f"sbatch refused the job ({first_line(done.stderr)}): check --nodes, --cpus-per-node, "

@@ -13,6 +13,14 @@ CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 ROOT = Path(__file__).resolve().parents[2]
 
 
+class SlurmJobError(ValueError):
+    """A value the script cannot take; ``field`` names the SlurmJob field (the command line names its flag)."""
+
+    def __init__(self, field: str, detail: str):
+        super().__init__(f"slurm job: {field} {detail}")
+        self.field, self.detail = field, detail
+
+
 @dataclass
 class SlurmJob:
     """What the template needs; every field has a default a small cluster can start from."""
@@ -32,20 +40,20 @@ class SlurmJob:
     extra_sbatch: list[str] = field(default_factory=list)  # e.g. ["#SBATCH --partition=gpu"]
 
     def __post_init__(self):
-        if self.nodes < 1 or self.cpus_per_node < 1 or self.gpus_per_node < 0:
-            raise ValueError(f"slurm job: nodes and cpus_per_node must be >= 1 and gpus_per_node >= 0, got "
-                             f"{self.nodes}, {self.cpus_per_node}, {self.gpus_per_node}")
+        for name, low in (("nodes", 1), ("cpus_per_node", 1), ("gpus_per_node", 0), ("ray_port", 1)):
+            if getattr(self, name) < low:
+                raise SlurmJobError(name, f"must be >= {low}, got {getattr(self, name)}")
         bad = [line for line in self.extra_sbatch if not line.startswith("#SBATCH ")]
         if bad:
-            raise ValueError(f"slurm job: extra sbatch lines must start with '#SBATCH ', got {bad}")
+            raise SlurmJobError("extra_sbatch", f"lines must start with '#SBATCH ', got {bad}")
         if "," in self.token_dir:  # the path travels in `srun --export=...`, whose entries are comma-separated
-            raise ValueError(f"slurm job: token_dir must not contain ',', got {self.token_dir!r}")
+            raise SlurmJobError("token_dir", f"must not contain ',', got {self.token_dir!r}")
         # a newline in a field that goes into the script verbatim (an #SBATCH line) would start a shell line
         for name, value in asdict(self).items():
             for text in value if isinstance(value, list) else [value]:
                 if isinstance(text, str) and CONTROL.search(text):
-                    raise ValueError(f"slurm job: {name} must not contain control characters (newlines, tabs, "
-                                     f"escapes), got {text!r}")
+                    raise SlurmJobError(name, f"must not contain control characters (newlines, tabs, escapes), "
+                                              f"got {text!r}")
 
 
 def render(job: SlurmJob) -> str:

@@ -37,12 +37,13 @@ class Segment:
 
 
 def quiet_datasets() -> None:
-    """No progress bars or per-file info lines from ``datasets`` on the console."""
+    """No progress bars, per-file info lines or error lines from ``datasets`` on the console: a source that fails
+    to load raises, and the DatasetSourceError made of it says the same in one line that names the key."""
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    logging.getLogger("datasets").setLevel(logging.ERROR)
+    datasets.logging.set_verbosity(logging.CRITICAL)
+    logging.getLogger("datasets").setLevel(logging.CRITICAL)
 
 
 def source_list(path: Any) -> list[str]:

@@ -145,3 +145,34 @@ def _describe(what: str, sources: list[str], rows: LoadedRows, budget: int, used
         line += (f"; {rows.too_long:,} left out, their prompts longer than {budget} tokens "
                  "(engine.max_model_len - rollout.max_new_tokens)")
     return line
+
+
+def check_dataset_rows(cfg: TrainConfig) -> None:
+    """Every source of a dataset task loads and its rows hold the columns the task and its rewards read, and the
+    training rows outnumber those held out: the checks that need no tokenizer, run before anything starts
+    (``DatasetSourceError``/``DatasetRowError`` naming the file, row and column). Prompt lengths are measured
+    when the task is built, with the model's tokenizer."""
+    t = cfg.task
+    holds_out = not (t.eval_path or t.eval_split)
+    sources = [(t.path, t.split, "task.path", row_spec(cfg))]
+    if not holds_out:
+        sources.append((t.eval_path or t.path, t.eval_split or t.split, "task.eval_path", row_spec(cfg)))
+    for extra in t.eval_sets:
+        key = f"task.eval_sets[{extra.name}]"
+        sources.append((extra.path, extra.split, f"{key}.path",
+                        row_spec(cfg, extra.prompt_key, extra.answer_key, extra.prompt_template, extra.rewards, key)))
+    for path, split, key, spec in sources:
+        check_source(path, split, key, spec, t.eval_size if holds_out and key == "task.path" else 0)
+
+
+def check_source(path, split: str, key: str, spec: RowSpec, held_out: int) -> None:
+    """One source loads, its rows hold the columns ``spec`` reads, and there are more than ``held_out``."""
+    segments = load_segments(path, split, key)
+    for segment in segments:
+        check_segment(segment, spec)
+    rows = sum(len(s) for s in segments)
+    if not rows:
+        raise DatasetRowError(f"{key} = {path!r} holds no rows")
+    if held_out and rows <= held_out:
+        raise DatasetRowError(f"task.path = {path!r} has {rows} rows; holding out task.eval_size={held_out} of them "
+                              "leaves none to train on: lower task.eval_size or give task.eval_path")

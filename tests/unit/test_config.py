@@ -1,5 +1,7 @@
 """Configs: typed, composed by Hydra, and rejected before any actor starts with the key named."""
 
+from pathlib import Path
+
 import pytest
 
 from areal.config import TrainConfig
@@ -150,3 +152,33 @@ def test_the_smollm2_preset_trains_lora_adapters_and_scores_the_reply_s_last_num
     cfg, _ = load_config(["experiment=smollm2_arith"])
     assert cfg.model_path == "smollm2" and cfg.learner.lora.rank == 16
     assert cfg.task.answer_format == "last_number" and "{a}" in cfg.task.prompt_template
+
+
+PRESETS = sorted(p.stem for p in (Path(__file__).parents[2] / "configs" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_passes_the_validation_pass(preset):
+    from launch.preflight import validate
+
+    cfg, _ = validate([f"experiment={preset}"], local=False)
+    assert cfg.total_steps >= 1
+
+
+def test_every_key_a_not_read_rule_names_is_in_the_schema():
+    from areal.config.applicability import RULES
+    from areal.config.keys import config_keys
+
+    keys = config_keys()
+    for rule in RULES:
+        for key in rule.keys:
+            assert key.rstrip(".") in keys, key
+
+
+def test_the_keys_table_carries_each_fields_docstring():
+    from areal.config.keys import config_keys, nearest
+
+    info = config_keys()["rollout.sync_every"]
+    assert info.type == "int" and info.default == 1 and info.doc.startswith("Ship the learners' weights")
+    assert config_keys()["rollout.resources"].open and not config_keys()["task.path"].open
+    assert nearest("rollout.worker") == "rollout.workers" and nearest("algo.max_stalenes") == "algo.max_staleness"

@@ -90,5 +90,5 @@ def test_areal_train_into_a_used_directory_fails_before_starting_anything(tmp_pa
     run = earlier_run(tmp_path / "run")
     assert main(["train", "experiment=arith_tiny", f"out_dir={run}"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("areal train: out_dir=") and "overwrite=true" in err
+    assert err.startswith("areal train: config error: out_dir=") and "overwrite=true" in err
     assert sorted(p.name for p in run.iterdir()) == [".areal-run", "checkpoints", "config.yaml", "metrics.jsonl"]
