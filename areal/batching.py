@@ -11,7 +11,8 @@ from areal.algos.ddpo import PerPromptStatTracker
 from areal.types import ChainBatch, ChainTrajectory, TrainBatch, TrajectoryGroup
 
 
-def build_train_batch(groups: Sequence[TrajectoryGroup], advantage: str, pad_id: int) -> TrainBatch:
+def build_train_batch(groups: Sequence[TrajectoryGroup], advantage: str, pad_id: int,
+                      mask_truncated: bool = False) -> TrainBatch:
     """Right-padded [B, T] rows of prompt + completion, with per-token advantages.
 
     Advantages are computed here, from the group rewards [G, n], by the estimator
@@ -19,6 +20,8 @@ def build_train_batch(groups: Sequence[TrajectoryGroup], advantage: str, pad_id:
     A sample whose reward failed keeps its row but no loss: its ``loss_mask`` row is all
     False, and the estimator sees its group as the other samples alone. Tokens a multi-turn
     episode's environment wrote (``Trajectory.policy_mask`` False) are context, never trained on.
+    ``mask_truncated`` (``algo.mask_truncated``): a completion the token budget ended (finish reason "length")
+    gets loss mask 0 after the advantages are computed, so its reward still counts in its group's statistics.
     """
     if not groups:
         raise ValueError("build_train_batch: no groups to train on")
@@ -44,6 +47,8 @@ def build_train_batch(groups: Sequence[TrajectoryGroup], advantage: str, pad_id:
     valid = torch.tensor([g.reward_ok for g in groups], dtype=torch.bool)
     loss_mask &= valid.reshape(-1, 1)
     advantages = make_advantage_estimator(advantage)(rewards, loss_mask, valid=valid)
+    if mask_truncated:
+        loss_mask &= torch.tensor([t.finish_reason != "length" for t in trajectories]).reshape(-1, 1)
     return TrainBatch(input_ids, attention, loss_mask, behavior, advantages, versions)
 
 
@@ -52,11 +57,11 @@ class TokenBatcher:
 
     action_unit = "tokens"
 
-    def __init__(self, advantage: str, pad_id: int):
-        self.advantage, self.pad_id = advantage, pad_id
+    def __init__(self, advantage: str, pad_id: int, mask_truncated: bool = False):
+        self.advantage, self.pad_id, self.mask_truncated = advantage, pad_id, mask_truncated
 
     def build(self, groups: Sequence[TrajectoryGroup]) -> TrainBatch:
-        return build_train_batch(groups, self.advantage, self.pad_id)
+        return build_train_batch(groups, self.advantage, self.pad_id, self.mask_truncated)
 
     def state_dict(self) -> dict:
         return {}

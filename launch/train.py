@@ -218,7 +218,8 @@ def make_batcher(cfg: TrainConfig, model_path: str):
         return ChainBatcher(PerPromptStatTracker(d.stat_buffer_size, d.stat_min_count) if d.per_prompt_stats else None)
     from transformers import AutoTokenizer
 
-    return TokenBatcher(cfg.algo.advantage, AutoTokenizer.from_pretrained(model_path).pad_token_id or 0)
+    return TokenBatcher(cfg.algo.advantage, AutoTokenizer.from_pretrained(model_path).pad_token_id or 0,
+                        cfg.algo.mask_truncated)
 
 
 def build_inputs(cfg: TrainConfig, resume) -> tuple[str, object, object]:

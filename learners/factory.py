@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from areal.config import TrainConfig
 from learners.deepspeed_learner import DeepSpeedLearner
 from learners.deepspeed_setup import Rendezvous
@@ -16,5 +18,7 @@ def make_learner(cfg: TrainConfig, model_path: str, rdv: Rendezvous) -> DeepSpee
     from learners.lm_learner import LMLearner
 
     adapter_sync = cfg.lora_sync(engine_on_gpu=cfg.rollout.num_gpus > 0) == "adapter"
-    return LMLearner(model_path, cfg.learner, cfg.algo, cfg.rollout.temperature, rdv, cfg.seed, total_updates,
+    # Dr.GRPO's constant T defaults to the token budget
+    algo = replace(cfg.algo, loss_norm_tokens=cfg.algo.loss_norm_tokens or cfg.rollout.max_new_tokens)
+    return LMLearner(model_path, cfg.learner, algo, cfg.rollout.temperature, rdv, cfg.seed, total_updates,
                      adapter_sync)

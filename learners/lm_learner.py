@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from areal.algos import chunked_token_logprobs, decoupled_ppo_loss
+from areal.algos import chunked_logprobs_entropy, chunked_token_logprobs, decoupled_ppo_loss
+from areal.algos.loss_terms import MinibatchTotals, aggregate
 from areal.config import AlgoConfig, LearnerConfig
 from areal.packing import MicroBatch, make_micro_batches, pad_to_count
 from areal.prefix_sharing import shared_prefix_micro_batches
@@ -65,7 +66,8 @@ def prefix_mask_style(model) -> str | None:
     return style if style in ("sdpa", "eager") and not windowed else None
 
 
-PPO_STATS = ("clip_fraction", "dual_clip_fraction", "dropped_fraction", "behavior_weight_mean", "approx_kl")
+PPO_STATS = ("clip_fraction", "dual_clip_fraction", "dropped_fraction", "weight_truncated_fraction",
+             "behavior_weight_mean", "approx_kl")
 
 
 class LMLearner(DeepSpeedLearner):
@@ -134,18 +136,31 @@ class LMLearner(DeepSpeedLearner):
 
     def logprobs(self, mb: MicroBatch, width: int) -> torch.Tensor:
         """Log-probs of ``mb``'s scored tokens under the current weights, as [k, width] rows (0 elsewhere)."""
+        return self.logprobs_entropy(mb, width, entropy=False)[0]
+
+    def logprobs_entropy(self, mb: MicroBatch, width: int, entropy: bool = True,
+                         entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(log-probs, the policy's entropies or None) at ``mb``'s scored tokens, as [k, width] rows, from one
+        pass of the head (chunked: never [tokens, vocab] logits of the whole micro-batch)."""
         mb = mb.to(self.device)
         if self.reference_path:
-            full = token_logprobs(self.engine, mb.input_ids, mb.attention_mask, self.temperature)
-            return mb.scatter(full.reshape(-1)[mb.predictors + 1], width)
-        # through the engine, whose forward hooks ZeRO-3 needs; the model's own head runs on no position,
-        # and the decoder's output (the final hidden states) is taken by the hook above
-        self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
-                    use_cache=False, logits_to_keep=self._no_logits)
-        hidden, self._hidden = self._hidden, None
-        hidden = hidden.reshape(-1, hidden.shape[-1])[mb.predictors]
-        return mb.scatter(chunked_token_logprobs(hidden, self.head, mb.targets, self.temperature,
-                                                 self.cfg.logprob_chunk_tokens), width)
+            logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits.float()
+            logits = logits / self.temperature
+            picked = logits.reshape(-1, logits.shape[-1])[mb.predictors]
+            lp, h = chunked_logprobs_entropy(picked, torch.nn.Identity(), mb.targets, 1.0, 0, entropy_grad)
+        else:
+            # through the engine, whose forward hooks ZeRO-3 needs; the model's own head runs on no position,
+            # and the decoder's output (the final hidden states) is taken by the hook above
+            self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
+                        use_cache=False, logits_to_keep=self._no_logits)
+            hidden, self._hidden = self._hidden, None
+            hidden = hidden.reshape(-1, hidden.shape[-1])[mb.predictors]
+            if not entropy:
+                return mb.scatter(chunked_token_logprobs(hidden, self.head, mb.targets, self.temperature,
+                                                         self.cfg.logprob_chunk_tokens), width), None
+            lp, h = chunked_logprobs_entropy(hidden, self.head, mb.targets, self.temperature,
+                                             self.cfg.logprob_chunk_tokens, entropy_grad)
+        return mb.scatter(lp, width), (mb.scatter(h, width) if entropy else None)
 
     @torch.no_grad()
     def batch_logprobs(self, batch: TrainBatch, rows=None) -> torch.Tensor:
@@ -197,16 +212,20 @@ class LMLearner(DeepSpeedLearner):
 
     def train_minibatch(self, batch: TrainBatch, part: torch.Tensor, inputs: tuple, stats: dict, forwards: dict,
                         own_proximal: bool = False):
-        """Backward passes over ``part``'s micro-batches; each loss is divided by the whole minibatch's token count
-        (``algo`` objective, ALGORITHMS.md §2), so the accumulated gradient is the minibatch's. ``own_proximal``:
-        the weights have not moved since the step began, so each micro-batch's detached log-probs are its
-        proximal ones (written into ``inputs``' proximal tensor)."""
+        """Backward passes over ``part``'s micro-batches. Each loss is aggregated (``algo.loss_agg``) over the
+        whole minibatch's counts, on every rank (``minibatch_totals``), so the accumulated and combined gradient
+        is the minibatch's however it is split (ALGORITHMS.md §6). ``own_proximal``: the weights have not moved
+        since the step began, so each micro-batch's detached log-probs are its proximal ones (written into
+        ``inputs``' proximal tensor)."""
         proximal, behavior, advantages, mask = inputs
-        denominator = float(mask[part.to(self.device)].sum().clamp_min(1))
-        sums = dict.fromkeys(("loss",) + PPO_STATS, 0.0)
+        totals = self.minibatch_totals(mask[part.to(self.device)])
+        # the ranks' gradients are averaged: each rank's share of the minibatch's loss counts world_size times
+        scale = float(self.rdv.world_size)
+        bonus = self.algo.entropy_coef
+        sums = dict.fromkeys(("loss", "entropy") + PPO_STATS, 0.0)
         for mb in self.micro_batches(batch, part):
             rows = mb.rows.to(self.device)
-            current = self.logprobs(mb, mask.shape[1])
+            current, entropy = self.logprobs_entropy(mb, mask.shape[1], entropy_grad=bool(bonus))
             if own_proximal:
                 proximal[rows] = current.detach()
             loss, info = decoupled_ppo_loss(
@@ -215,19 +234,34 @@ class LMLearner(DeepSpeedLearner):
                 eps_clip_high=self.algo.eps_clip_high,
                 dual_clip=self.algo.dual_clip,
                 behavior_weight_cap=self.algo.behavior_weight_cap if self.algo.decoupled else None,
+                behavior_weight_mode=self.algo.behavior_weight_mode,
+                behavior_weight_level=self.algo.behavior_weight_level,
                 level=self.algo.level,
-                denominator=denominator,
+                loss_agg=self.algo.loss_agg,
+                totals=totals,
             )
-            self.engine.backward(loss * mb.weight)
-            share = float(mask[rows].sum()) / denominator * mb.weight  # the stats are means over mb's tokens
-            sums["loss"] += float(loss.detach()) * mb.weight
+            mean_entropy = aggregate(entropy, mask[rows], "token-mean", totals)
+            if bonus:
+                loss = loss - bonus * aggregate(entropy, mask[rows], self.algo.loss_agg, totals)
+            self.engine.backward(loss * (scale * mb.weight))
+            share = float(mask[rows].sum()) / max(totals.tokens, 1.0) * mb.weight  # stats: means over mb's tokens
+            sums["loss"] += float(loss.detach()) * mb.weight * scale
+            sums["entropy"] += float(mean_entropy.detach()) * mb.weight * scale
             for key in PPO_STATS:
-                sums[key] += float(info[key]) * share
+                sums[key] += float(info[key]) * share * scale
             forwards["tokens"] += mb.tokens
             forwards["positions"] += mb.positions
             forwards["count"] += 1
         for key, value in sums.items():
             stats.setdefault(key, []).append(value)
+
+    def minibatch_totals(self, mask: torch.Tensor) -> MinibatchTotals:
+        """The minibatch's sequences (with a scored token) and scored tokens over all data-parallel ranks, with
+        ``algo.loss_norm_tokens`` (the learner is built with it resolved)."""
+        counts = torch.stack([mask.any(dim=-1).sum(), mask.sum()]).to(torch.float64)
+        if self.rdv.world_size > 1:
+            torch.distributed.all_reduce(counts)
+        return MinibatchTotals(float(counts[0]), float(counts[1]), float(self.algo.loss_norm_tokens or 1))
 
     # -- weights ----------------------------------------------------------
     def save_model(self, path: Path, state: dict[str, torch.Tensor]) -> None:

@@ -1,4 +1,4 @@
-"""Pure tensor functions for the RL algorithms (ALGORITHMS.md §2-4)."""
+"""Pure tensor functions for the RL algorithms (ALGORITHMS.md §2-4, §6)."""
 
 from areal.algos.advantages import (
     ADVANTAGE_ESTIMATORS,
@@ -11,12 +11,13 @@ from areal.algos.advantages import (
     zero_variance_groups,
 )
 from areal.algos.ddpo import PerPromptStatTracker, ddim_step_with_logprob, ddpo_loss
-from areal.algos.logprobs import chunked_token_logprobs
+from areal.algos.logprobs import chunked_logprobs_entropy, chunked_token_logprobs
 from areal.algos.ppo import decoupled_ppo_loss, ppo_loss
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "PerPromptStatTracker",
+    "chunked_logprobs_entropy",
     "chunked_token_logprobs",
     "ddim_step_with_logprob",
     "ddpo_loss",

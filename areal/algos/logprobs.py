@@ -24,6 +24,53 @@ def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: Callable,
     return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+def _chunk_logprobs_entropy(hidden: torch.Tensor, targets: torch.Tensor, head: Callable, temperature: float,
+                            entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probs, entropies) of one chunk: H = logsumexp(z) - sum_v softmax(z)_v z_v, from the same logits;
+    without ``entropy_grad`` the entropy is a detached measurement (no backward work)."""
+    logits = head(hidden).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    lse = torch.logsumexp(logits, dim=-1)
+    logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
+    return logprobs, entropy if entropy_grad else entropy.detach()
+
+
+def chunked_logprobs_entropy(hidden: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor],
+                             targets: torch.Tensor, temperature: float = 1.0, chunk_tokens: int = 1024,
+                             entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``chunked_token_logprobs`` and the policy's entropy at each position, H_i = -sum_v p_iv log p_iv over the
+    whole vocabulary at temperature T (ALGORITHMS.md §6), from the same chunk of logits: nothing beyond one
+    chunk of [tokens, vocab] exists at once. ``entropy_grad``: the entropy carries a gradient (an entropy
+    bonus in the loss); otherwise it is only measured."""
+    _check(hidden, targets, chunk_tokens, temperature)
+    recompute = torch.is_grad_enabled() and chunk_tokens > 0
+    step = chunk_tokens or max(len(hidden), 1)
+    parts = []
+    for h, t in zip(hidden.split(step), targets.split(step)):
+        if recompute:
+            parts.append(checkpoint(_chunk_logprobs_entropy, h, t, head, temperature, entropy_grad,
+                                    use_reentrant=False))
+        else:
+            parts.append(_chunk_logprobs_entropy(h, t, head, temperature, entropy_grad))
+    if not parts:
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return empty, empty
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _check(hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens: int, temperature: float) -> None:
+    if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
+        raise ValueError(f"chunked_token_logprobs: need hidden [n, H] and targets [n], got {tuple(hidden.shape)} "
+                         f"and {tuple(targets.shape)}")
+    if chunk_tokens < 0:
+        raise ValueError(f"chunked_token_logprobs: chunk_tokens must be >= 0 (0 = one chunk), got {chunk_tokens}")
+    if not temperature > 0:
+        raise ValueError(f"chunked_token_logprobs: temperature must be > 0, got {temperature}")
+
+
 def chunked_token_logprobs(hidden: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], targets: torch.Tensor,
                            temperature: float = 1.0, chunk_tokens: int = 1024) -> torch.Tensor:
     """log pi(target_i | h_i) = z_i[target_i] - logsumexp_v z_iv with z_i = head(h_i) / T, for hidden [n, H]
@@ -34,13 +81,7 @@ def chunked_token_logprobs(hidden: torch.Tensor, head: Callable[[torch.Tensor], 
     once, in the forward pass and (recomputed) in the backward pass; ``chunk_tokens=0``
     computes all rows in one chunk and keeps them for backward (no recomputation).
     """
-    if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
-        raise ValueError(f"chunked_token_logprobs: need hidden [n, H] and targets [n], got {tuple(hidden.shape)} "
-                         f"and {tuple(targets.shape)}")
-    if chunk_tokens < 0:
-        raise ValueError(f"chunked_token_logprobs: chunk_tokens must be >= 0 (0 = one chunk), got {chunk_tokens}")
-    if not temperature > 0:
-        raise ValueError(f"chunked_token_logprobs: temperature must be > 0, got {temperature}")
+    _check(hidden, targets, chunk_tokens, temperature)
     if chunk_tokens == 0:
         return _chunk_logprobs(hidden, targets, head, temperature)
     recompute = torch.is_grad_enabled()

@@ -17,6 +17,8 @@ from typing import Literal
 
 import torch
 
+from areal.algos.loss_terms import MinibatchTotals, aggregate, behavior_weights
+
 Level = Literal["token", "sequence"]
 
 
@@ -48,7 +50,11 @@ def decoupled_ppo_loss(
     eps_clip_high: float | None = None,
     dual_clip: float | None = None,
     behavior_weight_cap: float | None = None,
+    behavior_weight_mode: str = "drop",
+    behavior_weight_level: str = "token",
     level: Level = "token",
+    loss_agg: str = "token-mean",
+    totals: MinibatchTotals | None = None,
     denominator: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Decoupled PPO objective over [B, T] tokens (ALGORITHMS.md §2).
@@ -60,12 +66,15 @@ def decoupled_ppo_loss(
         pg   = min(pg, c |A|)                      (dual clip, c > 1)
         w    = exp(lp - lb)                        (>= fp32, non-finite -> 0)
         keep = M and w <= cap                      (cap optional; dropped, not clipped)
-        loss = sum(pg w keep) / count(M)
+        loss = AGG(pg w keep)                      (token-mean: sum / count(M))
 
     ``level="sequence"`` (GSPO) replaces r and A by their masked per-sequence
-    means (r_s = exp(mean_t(lt - lp)), A_s = mean_t A); w, keep and the
-    denominator stay per token. ``denominator`` overrides count(M) with a
-    constant, for Dr.GRPO's token-sum normalisation (e.g. batch * max_len).
+    means (r_s = exp(mean_t(lt - lp)), A_s = mean_t A). The weight is applied
+    per ``behavior_weight_level`` and ``behavior_weight_mode`` (drop, or truncate
+    at the cap: TIS; ``loss_terms.behavior_weights``), and the per-token losses
+    aggregated by ``loss_agg`` over ``totals``, the whole minibatch's counts
+    (``loss_terms.aggregate``; default: this batch's). ``denominator`` is
+    token-mean with a constant denominator (e.g. batch * max_len).
 
     Returns ``(loss, stats)``; stats are detached: ``token_loss`` [B, T],
     ``behavior_weight`` [B, T], and scalars ``clip_fraction``,
@@ -110,25 +119,22 @@ def decoupled_ppo_loss(
         dual_hit = pg > bound
         pg = torch.minimum(pg, bound)
 
-    # at least fp32: bf16 logprob differences overflow exp and lose the weight's precision
-    wdtype = torch.promote_types(proximal_logprobs.dtype, torch.float32)
-    weight = torch.exp(proximal_logprobs.to(wdtype) - behavior_logprobs.detach().to(wdtype))
-    weight = torch.where(torch.isfinite(weight), weight, torch.zeros_like(weight))
+    weight, keep = behavior_weights(proximal_logprobs, behavior_logprobs, mask, behavior_weight_cap,
+                                    behavior_weight_mode, behavior_weight_level)
     bool_mask = mask.bool()
-    keep = bool_mask
-    if behavior_weight_cap is not None:
-        keep = bool_mask & (weight <= behavior_weight_cap)
-
     token_loss = pg * weight.to(pg.dtype) * keep.to(pg.dtype)
     n_tokens = bool_mask.sum()
-    denom = float(denominator) if denominator is not None else n_tokens.clamp_min(1).to(pg.dtype)
-    loss = token_loss.sum() / denom
+    if denominator is not None:
+        loss_agg, totals = "token-mean", MinibatchTotals(float(mask.shape[0]), float(denominator))
+    loss = aggregate(token_loss, bool_mask, loss_agg, totals or MinibatchTotals.of(mask))
 
     with torch.no_grad():
         count = n_tokens.clamp_min(1).float()
         lr = (logprobs - proximal_logprobs).float()
         k3 = (torch.exp(lr) - 1.0) - lr
         dropped = (bool_mask & ~keep).sum()
+        capped = behavior_weight_cap is not None and behavior_weight_mode == "truncate"
+        truncated = (bool_mask & (weight >= behavior_weight_cap)).sum() if capped else dropped * 0
         stats = {
             "token_loss": token_loss.detach(),
             "behavior_weight": weight,
@@ -136,6 +142,7 @@ def decoupled_ppo_loss(
             "dual_clip_fraction": (dual_hit & bool_mask).sum().float() / count,
             "dropped_by_cap": dropped,
             "dropped_fraction": dropped.float() / count,
+            "weight_truncated_fraction": truncated.float() / count,
             "behavior_weight_mean": (weight * bool_mask).sum() / count,
             "approx_kl": (k3 * bool_mask).sum() / count,
         }

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from areal.config._checks import require
 
 ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp")
+# as areal.algos.loss_terms names them (the config imports no torch)
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+WEIGHT_MODES = ("drop", "truncate")
+WEIGHT_LEVELS = ("token", "sequence")
 
 
 @dataclass
@@ -31,6 +35,25 @@ class AlgoConfig:
     """Importance ratio per token, or per sequence (GSPO)."""
     filter_zero_variance: bool = True
     """Drop groups whose rewards are all equal (no signal; DAPO dynamic sampling)."""
+    loss_agg: str = "token-mean"
+    """How per-token losses make a minibatch's loss (ALGORITHMS.md §6): token-mean (every scored token alike),
+    seq-mean-token-mean (each sequence's mean, averaged: GRPO's paper), seq-mean-token-sum (each sequence's sum,
+    averaged), seq-mean-token-sum-norm (the sum over S sequences divided by S x algo.loss_norm_tokens: Dr.GRPO).
+    The counts are the whole minibatch's, over micro-batches and data-parallel ranks."""
+    loss_norm_tokens: int = 0
+    """T of seq-mean-token-sum-norm; 0 = rollout.max_new_tokens (the token budget)."""
+    behavior_weight_mode: str = "drop"
+    """What a behaviour weight pi_prox / pi_behav past algo.behavior_weight_cap does: drop (the token, or the
+    sequence, carries no loss) or truncate (weighted at the cap: truncated importance sampling, TIS)."""
+    behavior_weight_level: str = "token"
+    """token: a weight per token; sequence: exp(sum of the sequence's log-ratios) on all its tokens (dropped when
+    outside [1/cap, cap])."""
+    entropy_coef: float = 0.0
+    """Entropy bonus: the loss minus this times AGG(H), H the policy's entropy per scored token (whole
+    vocabulary, at the sampling temperature). learner/entropy is logged whatever this is."""
+    mask_truncated: bool = False
+    """A completion ended by the token budget (rollout.max_new_tokens), not by EOS or a stop string, trains with
+    loss mask 0; its reward still counts in its group's advantage statistics (TRL's mask_truncated_completions)."""
 
     def __post_init__(self):
         require(self.max_staleness >= 0, "algo.max_staleness", self.max_staleness, "an int >= 0 (0 = synchronous)")
@@ -42,3 +65,8 @@ class AlgoConfig:
         require(self.behavior_weight_cap is None or self.behavior_weight_cap > 0, "algo.behavior_weight_cap",
                 self.behavior_weight_cap, "null or a positive float")
         require(self.level in ("token", "sequence"), "algo.level", self.level, "'token' or 'sequence'")
+        require(self.loss_agg in LOSS_AGG_MODES, "algo.loss_agg", self.loss_agg, f"one of {', '.join(LOSS_AGG_MODES)}")
+        require(self.behavior_weight_mode in WEIGHT_MODES, "algo.behavior_weight_mode", self.behavior_weight_mode,
+                "drop or truncate")
+        require(self.behavior_weight_level in WEIGHT_LEVELS, "algo.behavior_weight_level", self.behavior_weight_level,
+                "token or sequence")
