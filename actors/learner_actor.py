@@ -30,7 +30,7 @@ class LearnerRank:
     """One data-parallel rank: trains its slice of each batch and serves weights (``LearnerActor`` in Ray)."""
 
     def __init__(self, cfg: TrainConfig, model_path: str, rank: int, master_addr: str, master_port: int,
-                 checkpoint: str = ""):
+                 checkpoint: str = "", start_model: str = ""):
         import torch
 
         from learners.deepspeed_setup import Rendezvous
@@ -40,7 +40,7 @@ class LearnerRank:
         if cfg.controller.deterministic:
             torch.use_deterministic_algorithms(True)
         rdv = Rendezvous(rank, cfg.learner.workers, master_addr, master_port)
-        self.learner = make_learner(cfg, model_path, rdv)
+        self.learner = make_learner(cfg, model_path, rdv, start_model or model_path)
         self.rollout_cfg = cfg.rollout
         on_gpu = torch.cuda.is_available()
         self.transport = run_transport(cfg, learner_on_gpu=on_gpu, engine_on_gpu=on_gpu and cfg.rollout.num_gpus > 0)

@@ -34,6 +34,7 @@ class LearnerGroup:
     def __init__(self, cfg: TrainConfig, model_path: str, use_gpu: bool, checkpoint: str = "", tag: str = "areal"):
         """``checkpoint``: a verified checkpoint directory to continue from (weights from its ``model/``)."""
         n = cfg.learner.workers
+        start_model = model_path  # the KL reference: the run's starting model, whichever checkpoint is resumed
         if checkpoint:
             model_path = str(Path(checkpoint) / "model")
         self.cfg = cfg
@@ -56,7 +57,7 @@ class LearnerGroup:
                 num_gpus=cfg.learner.num_gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank),
                 runtime_env={"env_vars": learner_env(cfg, use_gpu)},
-            ).remote(cfg, model_path, rank, addr, port, checkpoint)
+            ).remote(cfg, model_path, rank, addr, port, checkpoint, start_model)
             for rank in range(n)
         ]
         self.names = [f"LearnerActor rank {rank}" for rank in range(n)]

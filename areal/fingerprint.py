@@ -33,7 +33,9 @@ def run_fingerprint(cfg: TrainConfig, dataset_digest: str, model_path: str | Pat
     """{config key or input: value or digest} that a checkpoint of this run records (manifest meta);
     ``dataset_digest``: the task's digest of its training prompts (``Task.digest``: a dataset's file bytes, the
     rows kept and how they become prompts)."""
+    reference = {"algo.kl_reference": str(Path(model_path).resolve())} if cfg.algo.kl_coef else {}
     return {
+        **reference,  # the KL's reference policy is the starting model: a resume must keep it
         "task.type": cfg.task.type,
         "task.seed": cfg.task.seed,
         "dataset": dataset_digest,

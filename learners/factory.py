@@ -9,7 +9,9 @@ from learners.deepspeed_learner import DeepSpeedLearner
 from learners.deepspeed_setup import Rendezvous
 
 
-def make_learner(cfg: TrainConfig, model_path: str, rdv: Rendezvous) -> DeepSpeedLearner:
+def make_learner(cfg: TrainConfig, model_path: str, rdv: Rendezvous, start_model: str = "") -> DeepSpeedLearner:
+    """One rank, its weights from ``model_path`` (a checkpoint's model/ when resuming); ``start_model``: the run's
+    starting model, the reference policy of algo.kl_coef (default: model_path)."""
     total_updates = cfg.total_steps * cfg.learner.minibatches
     if cfg.is_diffusion:
         from learners.ddpo_learner import DDPOLearner
@@ -21,4 +23,4 @@ def make_learner(cfg: TrainConfig, model_path: str, rdv: Rendezvous) -> DeepSpee
     # Dr.GRPO's constant T defaults to the token budget
     algo = replace(cfg.algo, loss_norm_tokens=cfg.algo.loss_norm_tokens or cfg.rollout.max_new_tokens)
     return LMLearner(model_path, cfg.learner, algo, cfg.rollout.temperature, rdv, cfg.seed, total_updates,
-                     adapter_sync)
+                     adapter_sync, start_model)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from areal.algos import chunked_logprobs_entropy, chunked_token_logprobs, decoupled_ppo_loss
-from areal.algos.loss_terms import MinibatchTotals, aggregate
+from areal.algos.loss_terms import MinibatchTotals, aggregate, kl_in_reward, kl_penalty
 from areal.config import AlgoConfig, LearnerConfig
 from areal.packing import MicroBatch, make_micro_batches, pad_to_count
 from areal.prefix_sharing import shared_prefix_micro_batches
@@ -88,8 +88,11 @@ class LMLearner(DeepSpeedLearner):
         seed: int = 0,
         total_updates: int = 1,
         adapter_sync: bool = False,
+        start_model: str = "",
     ):
-        """``adapter_sync``: with LoRA, exports carry the adapters alone (learner.lora.sync=adapter)."""
+        """``adapter_sync``: with LoRA, exports carry the adapters alone (learner.lora.sync=adapter).
+        ``start_model``: the run's starting model, the reference policy of ``algo.kl_coef`` (default:
+        ``model_path``; a resumed learner's ``model_path`` is a checkpoint's)."""
         from transformers import AutoModelForCausalLM
 
         torch.manual_seed(seed + rdv.rank)
@@ -118,6 +121,7 @@ class LMLearner(DeepSpeedLearner):
             decoder.register_forward_hook(self._keep_hidden)
             self._hidden: torch.Tensor | None = None
             self._no_logits = torch.zeros(0, dtype=torch.long, device=self.device)
+        self.kl_reference = self.make_reference(start_model or model_path, dtype) if algo.kl_coef else None
 
     def _keep_hidden(self, module, args, output) -> None:
         self._hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
@@ -171,6 +175,24 @@ class LMLearner(DeepSpeedLearner):
             out[mb.rows.to(self.device)] = self.logprobs(mb, out.shape[1])
         return out
 
+    def make_reference(self, start_model: str, dtype: torch.dtype):
+        """The reference policy (``learners.kl_reference``): the base without adapters, or a frozen copy."""
+        from learners.kl_reference import AdapterFreeReference, FrozenReference
+
+        if self.lora is not None:
+            return AdapterFreeReference(self)
+        device = torch.device("cpu") if self.cfg.ref_offload else self.device
+        return FrozenReference(start_model, dtype, device, self.temperature, self.cfg.logprob_chunk_tokens,
+                               full_logits=self.reference_path)
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        """[B, T] log-probs of the scored tokens under the reference policy, micro-batch by micro-batch."""
+        out = torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=self.device)
+        for mb in self.micro_batches(batch, range(len(batch))):
+            out[mb.rows.to(self.device)] = self.kl_reference.logprobs(mb, out.shape[1]).to(self.device)
+        return out
+
     # -- training ---------------------------------------------------------
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         """One policy update from this rank's rows: proximal logprobs, then ``minibatches`` optimizer steps."""
@@ -190,12 +212,16 @@ class LMLearner(DeepSpeedLearner):
             proximal = self.batch_logprobs(batch, later)
         else:
             proximal = torch.zeros_like(behavior)
+        reference = self.reference_logprobs(batch) if self.kl_reference is not None else None
+        advantages = batch.advantages.to(self.device)
+        if reference is not None and self.algo.kl_in == "reward":
+            advantages = kl_in_reward(advantages, behavior, reference, mask, self.algo.kl_coef)
         proximal_seconds = time.perf_counter() - start
 
         # Stage 2: clipped decoupled objective, one optimizer step per minibatch.
         stats: dict[str, list[float]] = {}
         forwards = {"tokens": 0, "positions": 0, "count": 0}
-        inputs = (proximal, behavior if self.algo.decoupled else proximal, batch.advantages.to(self.device), mask)
+        inputs = (proximal, behavior if self.algo.decoupled else proximal, advantages, mask, reference)
         for index, part in enumerate(parts):
             began = time.perf_counter()
             self.train_minibatch(batch, part, inputs, stats, forwards, own_proximal=index == 0 and self.algo.decoupled)
@@ -217,12 +243,12 @@ class LMLearner(DeepSpeedLearner):
         is the minibatch's however it is split (ALGORITHMS.md §6). ``own_proximal``: the weights have not moved
         since the step began, so each micro-batch's detached log-probs are its proximal ones (written into
         ``inputs``' proximal tensor)."""
-        proximal, behavior, advantages, mask = inputs
+        proximal, behavior, advantages, mask, reference = inputs
         totals = self.minibatch_totals(mask[part.to(self.device)])
         # the ranks' gradients are averaged: each rank's share of the minibatch's loss counts world_size times
         scale = float(self.rdv.world_size)
         bonus = self.algo.entropy_coef
-        sums = dict.fromkeys(("loss", "entropy") + PPO_STATS, 0.0)
+        sums = dict.fromkeys(("loss", "entropy") + PPO_STATS + (("kl_ref",) if reference is not None else ()), 0.0)
         for mb in self.micro_batches(batch, part):
             rows = mb.rows.to(self.device)
             current, entropy = self.logprobs_entropy(mb, mask.shape[1], entropy_grad=bool(bonus))
@@ -243,6 +269,11 @@ class LMLearner(DeepSpeedLearner):
             mean_entropy = aggregate(entropy, mask[rows], "token-mean", totals)
             if bonus:
                 loss = loss - bonus * aggregate(entropy, mask[rows], self.algo.loss_agg, totals)
+            if reference is not None:
+                kl = kl_penalty(current, reference[rows], self.algo.kl_estimator)
+                sums["kl_ref"] += float(aggregate(kl.detach(), mask[rows], "token-mean", totals)) * mb.weight * scale
+                if self.algo.kl_in == "loss":
+                    loss = loss + self.algo.kl_coef * aggregate(kl, mask[rows], self.algo.loss_agg, totals)
             self.engine.backward(loss * (scale * mb.weight))
             share = float(mask[rows].sum()) / max(totals.tokens, 1.0) * mb.weight  # stats: means over mb's tokens
             sums["loss"] += float(loss.detach()) * mb.weight * scale

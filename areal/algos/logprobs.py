@@ -15,6 +15,8 @@ from typing import Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
+ENTROPY_ROWS = 128  # rows of a chunk whose softmax exists at once when the entropy is only measured
+
 
 def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: Callable, temperature: float) -> torch.Tensor:
     """log softmax(head(h) / T)[target] for one chunk, in float32 whatever the model's dtype."""
@@ -33,9 +35,12 @@ def _chunk_logprobs_entropy(hidden: torch.Tensor, targets: torch.Tensor, head: C
         logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)
     logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
-    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-        entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
-    return logprobs, entropy if entropy_grad else entropy.detach()
+    if entropy_grad:
+        return logprobs, lse - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
+    with torch.no_grad():  # a measurement: a few rows at a time, so it adds little to the chunk's logits
+        parts = [lse_part - (torch.softmax(part, dim=-1) * part).sum(dim=-1)
+                 for part, lse_part in zip(logits.detach().split(ENTROPY_ROWS), lse.detach().split(ENTROPY_ROWS))]
+    return logprobs, torch.cat(parts) if parts else lse.detach()
 
 
 def chunked_logprobs_entropy(hidden: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor],

@@ -107,3 +107,17 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
     if estimator == "k3":
         return torch.clamp(torch.exp(torch.clamp(-d, -20.0, 20.0)) + d - 1.0, -10.0, 10.0)
     raise ValueError(f"kl_penalty: estimator must be one of {', '.join(KL_ESTIMATORS)}, got {estimator!r}")
+
+
+def kl_in_reward(advantages: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
+                 coef: float) -> torch.Tensor:
+    """Advantages with the KL as a token reward (ALGORITHMS.md §6: r_t -= kl_coef * k1_t): with returns summed
+    to the end of the sequence (no discount), each scored token's advantage loses kl_coef times the k1 of
+    itself and of every scored token after it::
+
+        A'_t = A_t - coef * sum_{t' >= t} M_t' (l_t' - lr_t')
+    """
+    m = mask.to(advantages.dtype)
+    k1 = (logprobs.detach() - ref_logprobs.detach()).to(advantages.dtype) * m
+    to_go = k1.flip(-1).cumsum(-1).flip(-1)
+    return advantages - coef * to_go * m

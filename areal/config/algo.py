@@ -11,6 +11,7 @@ ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp")
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 WEIGHT_MODES = ("drop", "truncate")
 WEIGHT_LEVELS = ("token", "sequence")
+KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
 @dataclass
@@ -48,6 +49,15 @@ class AlgoConfig:
     behavior_weight_level: str = "token"
     """token: a weight per token; sequence: exp(sum of the sequence's log-ratios) on all its tokens (dropped when
     outside [1/cap, cap])."""
+    kl_coef: float = 0.0
+    """Weight of the KL divergence to the reference policy (the starting model; with LoRA, the base with the
+    adapters disabled); 0 = off, and then no reference pass at all."""
+    kl_estimator: str = "k3"
+    """Estimator of KL(pi || pi_ref) per token: k1 (log-ratio), k2 (half its square), k3 (exp(-d) + d - 1,
+    clamped: verl's low_var_kl). Logged as learner/kl_ref."""
+    kl_in: str = "loss"
+    """Where the KL goes: loss (kl_coef x AGG(k), with algo.loss_agg) or reward (each token's reward minus
+    kl_coef x k1 of the sampled token, summed into the advantages of the tokens before it: PPO/REINFORCE++)."""
     entropy_coef: float = 0.0
     """Entropy bonus: the loss minus this times AGG(H), H the policy's entropy per scored token (whole
     vocabulary, at the sampling temperature). learner/entropy is logged whatever this is."""
@@ -66,6 +76,8 @@ class AlgoConfig:
                 self.behavior_weight_cap, "null or a positive float")
         require(self.level in ("token", "sequence"), "algo.level", self.level, "'token' or 'sequence'")
         require(self.loss_agg in LOSS_AGG_MODES, "algo.loss_agg", self.loss_agg, f"one of {', '.join(LOSS_AGG_MODES)}")
+        require(self.kl_estimator in KL_ESTIMATORS, "algo.kl_estimator", self.kl_estimator, "k1, k2 or k3")
+        require(self.kl_in in ("loss", "reward"), "algo.kl_in", self.kl_in, "loss or reward")
         require(self.behavior_weight_mode in WEIGHT_MODES, "algo.behavior_weight_mode", self.behavior_weight_mode,
                 "drop or truncate")
         require(self.behavior_weight_level in WEIGHT_LEVELS, "algo.behavior_weight_level", self.behavior_weight_level,

@@ -115,6 +115,10 @@ class TrainConfig:
         require(not t.uses_http or worst < t.reward_timeout_s, "task.reward_timeout_s", t.reward_timeout_s,
                 f"more than the http reward's worst case, {worst:.1f}s ((task.reward_http_retries + 1) x "
                 "task.reward_http_timeout_s plus back-off): raise it, or lower those")
+        require(not (self.algo.kl_coef and self.learner.zero_stage == 3 and not self.learner.lora.rank)
+                or self.learner.ref_offload, "learner.ref_offload", self.learner.ref_offload,
+                "true with algo.kl_coef > 0, learner.zero_stage=3 and full fine-tuning: the frozen reference is a "
+                "whole copy of the model, which ZeRO-3 does not shard; it runs on the CPU instead")
         require(self.rollout.max_new_tokens < self.engine.max_model_len, "rollout.max_new_tokens",
                 self.rollout.max_new_tokens, f"fewer than engine.max_model_len ({self.engine.max_model_len}) tokens")
 

@@ -109,6 +109,9 @@ class LearnerConfig:
     gradient checkpointing): about a third more compute for a fraction of the activation memory."""
     offload_optimizer: bool = False
     """Keep optimizer state (and fp32 master weights) in CPU memory and step there (ZeRO-Offload; stage >= 1)."""
+    ref_offload: bool = False
+    """With algo.kl_coef > 0 and full fine-tuning: keep the frozen reference model on the CPU (its forward runs
+    there) instead of beside the policy; needed with learner.zero_stage=3, whose policy is sharded."""
     offload_params: bool = False
     """Keep parameters in CPU memory between uses (ZeRO-Infinity; stage 3)."""
     num_cpus: float = 1.0

@@ -33,7 +33,7 @@ def gradient(learner, batch, mode: str, max_tokens: int) -> tuple[torch.Tensor, 
         p.grad = None
     mask = batch.loss_mask.to(learner.device)
     proximal = learner.batch_logprobs(batch)
-    inputs = (proximal, batch.behavior_logprobs.to(learner.device), batch.advantages.to(learner.device), mask)
+    inputs = (proximal, batch.behavior_logprobs.to(learner.device), batch.advantages.to(learner.device), mask, None)
     forwards = {"tokens": 0, "positions": 0, "count": 0}
     learner.train_minibatch(batch, torch.arange(len(batch)), inputs, {}, forwards)
     grads = [p.grad.detach().flatten().clone() for p in learner.engine.module.parameters() if p.grad is not None]

@@ -51,3 +51,16 @@ def test_resuming_with_a_different_batch_size_is_refused_before_the_run_starts(m
     with pytest.raises(CheckpointError, match="batch_size: checkpoint 8, this run 4") as err:
         check_resume_fits(resume, TrainConfig(batch_size=4), ArithmeticTask(seed=0).digest(), str(model))
     assert "step-00000010" in str(err.value) and "another out_dir" in str(err.value)
+
+
+def test_with_a_kl_the_starting_model_is_named_so_a_resume_keeps_its_reference(tmp_path):
+    from areal.fingerprint import fingerprint_mismatch, run_fingerprint
+    from launch.config_loader import load_config
+
+    cfg, _ = load_config(["algo.kl_coef=0.1"])
+    saved = run_fingerprint(cfg, "d", tmp_path / "start")
+    assert saved["algo.kl_reference"] == str((tmp_path / "start").resolve())
+    differences = fingerprint_mismatch(saved, run_fingerprint(cfg, "d", tmp_path / "other"))
+    assert any("algo.kl_reference" in d for d in differences)
+    plain, _ = load_config([])
+    assert "algo.kl_reference" not in run_fingerprint(plain, "d", tmp_path / "start")

@@ -133,3 +133,15 @@ def test_mask_truncated_zeroes_the_loss_of_budget_ended_completions_after_the_ad
     assert masked.loss_mask[1].sum() == 0 and torch.equal(masked.loss_mask[[0, 2]], plain.loss_mask[[0, 2]])
     # the truncated completion's reward still counted: the advantages are those of all three
     torch.testing.assert_close(masked.advantages, plain.advantages)
+
+
+def test_the_kl_as_a_token_reward_is_summed_into_the_advantages_of_the_tokens_before_it():
+    from areal.algos.loss_terms import kl_in_reward
+
+    adv = torch.ones(1, 4, dtype=torch.float64)
+    lt = torch.tensor([[0.0, 0.3, 0.1, 0.5]], dtype=torch.float64)
+    lr = torch.tensor([[0.0, 0.1, 0.2, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[0, 1, 1, 1]])  # the first position is the prompt's
+    # k1 = 0.2, -0.1, 0.5 on the scored tokens; to go: 0.6, 0.4, 0.5; times 0.5
+    out = kl_in_reward(adv, lt, lr, mask, coef=0.5)
+    assert out[0].tolist() == pytest.approx([1.0, 1.0 - 0.3, 1.0 - 0.2, 1.0 - 0.25])
