@@ -53,6 +53,8 @@ def run_arm(arm: str, seed: int, model: Path, args, out: Path) -> dict:
         # either way, and the preset's filter would refuse them until the run stalls, so this arm keeps them.
         # The agent arm runs as the preset does (filtered: its batches hold the groups that teach something).
         overrides += ["env.type=none", "rollout.max_new_tokens=8", "algo.filter_zero_variance=false"]
+    else:
+        overrides += args.overrides
     began = time.perf_counter()
     _, summary, rows = train_and_read(overrides, out / f"{arm}-seed{seed}")
     evals = [r["eval/accuracy"] for r in rows if "eval/accuracy" in r]
@@ -95,8 +97,10 @@ def sandbox_latency(calls: int) -> dict:
 
 def summarise(runs: list[dict]) -> dict:
     after = [r["accuracy_after"] for r in runs]
+    gains = [r["accuracy_after"] - r["accuracy_before"] for r in runs]
     out = {"accuracy_before_mean": statistics.mean(r["accuracy_before"] for r in runs),
-           "accuracy_after_mean": statistics.mean(after), "accuracy_after_spread": max(after) - min(after)}
+           "accuracy_after_mean": statistics.mean(after), "accuracy_after_spread": max(after) - min(after),
+           "gain_mean": statistics.mean(gains), "gain_spread": max(gains) - min(gains), "gain_min": min(gains)}
     for key in (*AGENT_METRICS, *IDLE):
         if all(key in r for r in runs):
             out[key] = statistics.mean(r[key] for r in runs)
@@ -117,6 +121,10 @@ def to_markdown(result: dict) -> str:
                      f"{f('agent/tool_calls_mean')} | {f('agent/tool_call_validity_mean')} | "
                      f"{f('agent/env_share_mean')} | {f('agent/multi_version_mean')} | "
                      f"{f('rollout/idle_fraction')} | {f('learner/idle_fraction')} |")
+    for arm, summary in result["summary"].items():
+        gains = ", ".join(f"{r['accuracy_after'] - r['accuracy_before']:+.3f}" for r in result["runs"][arm])
+        lines.append(f"\n{arm}: RL gain per seed {gains}; mean {summary['gain_mean']:+.3f}, spread "
+                     f"{summary['gain_spread']:.3f}, smallest {summary['gain_min']:+.3f}")
     margin = result["margin"]
     lines.append(f"\nagent minus single-turn after RL: {margin['after_mean_difference']:+.3f}, against a seed spread of "
                  f"{margin['largest_spread']:.3f} ({'larger' if margin['beats_spread'] else 'NOT larger'}).\n")
@@ -133,9 +141,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="RL steps of both arms (the preset's 40)")
     parser.add_argument("--sandbox-calls", type=int, default=40)
     parser.add_argument("--out", default="agent", help="results stem under bench/results")
+    parser.add_argument("--arms", default="single,tools", help="a trial of the agent's settings: tools alone")
+    parser.add_argument("--overrides", nargs="*", default=[], help="on top of calc_tiny, for the agent arm")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs: dict[str, list[dict]] = {"single": [], "tools": []}
+    runs: dict[str, list[dict]] = {arm: [] for arm in args.arms.split(",")}
     with tempfile.TemporaryDirectory(prefix="areal-bench-agent-") as tmp:
         root = Path(tmp)
         for seed in seeds:
@@ -144,6 +154,9 @@ def main() -> None:
                 runs[arm].append(run_arm(arm, seed, model, args, root / "runs"))
                 print(arm, runs[arm][-1], flush=True)
     summary = {arm: summarise(r) for arm, r in runs.items()}
+    if "single" not in summary:  # a trial: the agent's gain per seed is the result
+        print(summary, flush=True)
+        return
     difference = summary["tools"]["accuracy_after_mean"] - summary["single"]["accuracy_after_mean"]
     spread = max(s["accuracy_after_spread"] for s in summary.values())
     workload = (f"calc_tiny (3-digit x 2-digit multiplication), seeds {args.seeds}, {args.warm_steps} warm-start "

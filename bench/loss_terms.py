@@ -5,7 +5,8 @@
 Entropy (tiny-151k shape: a 151,936-token vocabulary on a small decoder, the bench/learner.py CPU shape, packed
 path): the step without any entropy computation (the baseline, the learner's entropy function replaced by zeros
 in that child), with ``learner/entropy`` measured (the default), and with an entropy bonus (its gradient).
-KL (SmolLM2-135M-Instruct, LoRA rank 16 on all projections): ``algo.kl_coef`` 0 against 0.1, the reference being
+KL (SmolLM2-135M-Instruct, LoRA rank 16 on all projections, ``--lora-sequences`` sequences in micro-batches of
+``--lora-mb-tokens``): ``algo.kl_coef`` 0 against 0.1, the reference being
 the base with the adapters off (no second model). Each arm: one warm-up step, then ``--steps`` timed steps on the
 same batch; peak memory is the child's peak RSS. Writes bench/results/loss_terms.{json,md}.
 """
@@ -61,11 +62,12 @@ def measure(arm: str, args, port: int) -> dict:
         else:
             save_random_model(tmp, SHAPES[model], dtype="float32")
             path = tmp
-        cfg = LearnerConfig(lr=1e-5, minibatches=1, lora=LoraConfig(rank=lora, alpha=lora), **PATHS["packed"])
+        path_cfg = {**PATHS["packed"], **({"max_tokens_per_mb": args.lora_mb_tokens} if lora else {})}
+        cfg = LearnerConfig(lr=1e-5, minibatches=1, lora=LoraConfig(rank=lora, alpha=lora), **path_cfg)
         learner = lm.LMLearner(path, cfg, AlgoConfig(**algo), rdv=Rendezvous(master_port=port))
         vocab = learner.engine.module.config.vocab_size
         learner.train_step(make_batch(args, vocab, sequences=args.group, seed=99))  # warm-up
-        batch = make_batch(args, vocab)
+        batch = make_batch(args, vocab, sequences=args.lora_sequences if lora else None)
         times, stats = [], {}
         for _ in range(args.steps):
             start = time.perf_counter()
@@ -119,6 +121,8 @@ def main() -> None:
     parser.add_argument("--cap", type=int, default=1536)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--timeout", type=int, default=1200)
+    parser.add_argument("--lora-sequences", type=int, default=8, help="SmolLM2's batch (16 x 768 tokens: OOM here)")
+    parser.add_argument("--lora-mb-tokens", type=int, default=2048, help="SmolLM2's micro-batch token budget")
     args = parser.parse_args()
     runs = {arm: run_arm(arm, args, 29700 + i) for i, arm in enumerate(args.arms.split(","))}
     for arm, m in runs.items():

@@ -27,9 +27,10 @@ def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: Callable,
 
 
 def _chunk_logprobs_entropy(hidden: torch.Tensor, targets: torch.Tensor, head: Callable, temperature: float,
-                            entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                            entropy_grad: bool, measured: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probs, entropies) of one chunk: H = logsumexp(z) - sum_v softmax(z)_v z_v, from the same logits;
-    without ``entropy_grad`` the entropy is a detached measurement (no backward work)."""
+    without ``entropy_grad`` the entropy is a detached measurement (no backward work). ``measured``: a list
+    the first call marks; a later call (the checkpoint's recomputation) returns zeros instead."""
     logits = head(hidden).float()
     if temperature != 1.0:
         logits = logits / temperature
@@ -37,6 +38,10 @@ def _chunk_logprobs_entropy(hidden: torch.Tensor, targets: torch.Tensor, head: C
     logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
     if entropy_grad:
         return logprobs, lse - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
+    if measured is not None:
+        if measured:
+            return logprobs, torch.zeros_like(lse).detach()
+        measured.append(True)
     with torch.no_grad():  # a measurement: a few rows at a time, so it adds little to the chunk's logits
         parts = [lse_part - (torch.softmax(part, dim=-1) * part).sum(dim=-1)
                  for part, lse_part in zip(logits.detach().split(ENTROPY_ROWS), lse.detach().split(ENTROPY_ROWS))]
@@ -49,14 +54,16 @@ def chunked_logprobs_entropy(hidden: torch.Tensor, head: Callable[[torch.Tensor]
     """``chunked_token_logprobs`` and the policy's entropy at each position, H_i = -sum_v p_iv log p_iv over the
     whole vocabulary at temperature T (ALGORITHMS.md §6), from the same chunk of logits: nothing beyond one
     chunk of [tokens, vocab] exists at once. ``entropy_grad``: the entropy carries a gradient (an entropy
-    bonus in the loss); otherwise it is only measured."""
+    bonus in the loss); otherwise it is only measured, once: the backward pass's recomputation of a chunk
+    skips it (it saves nothing for the gradient, so the recomputation needs none of it)."""
     _check(hidden, targets, chunk_tokens, temperature)
     recompute = torch.is_grad_enabled() and chunk_tokens > 0
     step = chunk_tokens or max(len(hidden), 1)
     parts = []
     for h, t in zip(hidden.split(step), targets.split(step)):
         if recompute:
-            parts.append(checkpoint(_chunk_logprobs_entropy, h, t, head, temperature, entropy_grad,
+            measured = [] if not entropy_grad else None  # set once the forward has measured this chunk
+            parts.append(checkpoint(_chunk_logprobs_entropy, h, t, head, temperature, entropy_grad, measured,
                                     use_reentrant=False))
         else:
             parts.append(_chunk_logprobs_entropy(h, t, head, temperature, entropy_grad))
