@@ -67,7 +67,7 @@ def loss_and_gradients(learner, batch):
     learner.engine.train()
     proximal = learner.batch_logprobs(batch)
     dev = learner.device
-    inputs = (proximal, batch.behavior_logprobs.to(dev), batch.advantages.to(dev), batch.loss_mask.to(dev))
+    inputs = (proximal, batch.behavior_logprobs.to(dev), batch.advantages.to(dev), batch.loss_mask.to(dev), None)
     stats, forwards = {}, {"tokens": 0, "positions": 0, "count": 0}
     learner.train_minibatch(batch, torch.arange(len(batch)), inputs, stats, forwards)
     grads = {name: p.grad.detach().clone() for name, p in learner.engine.module.named_parameters()}
@@ -121,7 +121,7 @@ def update_with_a_separate_proximal_pass(learner, batch):
     dev = learner.device
     proximal = learner.batch_logprobs(batch)
     mask = batch.loss_mask.to(dev)
-    inputs = (proximal, batch.behavior_logprobs.to(dev), batch.advantages.to(dev), mask)
+    inputs = (proximal, batch.behavior_logprobs.to(dev), batch.advantages.to(dev), mask, None)
     stats, forwards = {}, {"tokens": 0, "positions": 0, "count": 0}
     for part in torch.tensor_split(torch.arange(len(batch)), learner.cfg.minibatches):
         learner.train_minibatch(batch, part, inputs, stats, forwards)
