@@ -77,16 +77,14 @@ def init_ray(cfg: TrainConfig) -> bool:
 def resolve_model(cfg: TrainConfig) -> str:
     """``model_path``, the packaged SmolLM2 (``smollm2``) or the cached tiny demo model (both converted or
     bootstrapped on first use)."""
-    marker = "model_index.json" if cfg.is_diffusion else "config.json"
     if cfg.model_path == "smollm2":
         from launch.smollm2 import bootstrap_smollm2
 
         return str(bootstrap_smollm2())
     if cfg.model_path:
-        if not Path(cfg.model_path, marker).exists():
-            kind = "diffusers pipeline" if cfg.is_diffusion else "Hugging Face model"
-            raise FileNotFoundError(f"model_path = {cfg.model_path!r} has no {marker}; give a {kind} directory, "
-                                    "or leave model_path empty for the tiny demo model")
+        from launch.preflight import check_model_path
+
+        check_model_path(cfg)
         return cfg.model_path
     if cfg.is_diffusion:
         from launch.diffusion_bootstrap import bootstrap_diffusion, diffusion_model_dir

@@ -64,8 +64,8 @@ class FrozenReference:
         mb = mb.to(self.device)
         if self.full_logits:
             logits = self.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
-            picked = logits.reshape(-1, logits.shape[-1])[mb.predictors].float() / self.temperature
-            lp = picked.gather(-1, mb.targets[:, None]).squeeze(-1) - torch.logsumexp(picked, dim=-1)
+            picked = logits.reshape(-1, logits.shape[-1])[mb.predictors]
+            lp = chunked_token_logprobs(picked, torch.nn.Identity(), mb.targets, self.temperature, 0)
         else:
             out = self.decoder(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
                                position_ids=mb.position_ids, use_cache=False)
