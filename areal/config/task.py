@@ -8,7 +8,7 @@ from typing import Any, List
 from areal.config._checks import require
 from areal.config.eval_sets import EvalSetConfig, check_reward_list, check_sources
 
-TASK_TYPES = ("arithmetic", "dataset", "gsm8k", "image_prompts")
+TASK_TYPES = ("arithmetic", "dataset", "gsm8k", "image_prompts", "skip_count")
 GSM8K_TEMPLATE = "Question: {question}\nAnswer:"  # task.type=gsm8k: a dataset with this template and math_verify
 ARITHMETIC_TEMPLATE = "{a}{op}{b}="
 ANSWER_FORMATS = ("exact", "last_number")
@@ -22,7 +22,8 @@ class TaskConfig:
     type: str = "arithmetic"
     """dataset (your rows, read with Hugging Face datasets, scored by task.rewards), arithmetic (generated problems,
     exact-answer reward), gsm8k (a dataset of "question"/"answer" rows with the Question/Answer template and
-    math_verify) or image_prompts (diffusion: prompts scored by an image reward)."""
+    math_verify), skip_count (generated "12_by_7_to_40:" -> "12,19,26,33,40" problems whose answer lengths are
+    long-tailed, exact-answer reward) or image_prompts (diffusion: prompts scored by an image reward)."""
     path: Any = ""
     """dataset/gsm8k: a .parquet, .jsonl, .json, .csv or .arrow file, a list of them, a directory written by
     Dataset.save_to_disk, or a dataset name for datasets.load_dataset. image_prompts: a text file with one prompt
@@ -92,6 +93,11 @@ class TaskConfig:
     """arithmetic: how the reply is scored. exact: the reply, up to its end (newline or EOS), is the number and
     nothing else. last_number: the last integer in the reply is the answer ("The answer is 12." scores; a reply
     that runs out of tokens before the answer does not), for chat models that answer in sentences."""
+    max_terms: int = 64
+    """skip_count: the most terms an answer has (a term is 1-4 digits and a comma)."""
+    terms_exponent: float = 1.2
+    """skip_count: the number of terms n of a problem is drawn with P(n) proportional to n^-terms_exponent on
+    [1, task.max_terms]: 0 = uniform, larger = shorter answers with a thinner tail."""
     chat_template: str = "auto"
     """Text tasks: "auto" renders each prompt as a user turn in the tokenizer's chat template when it has one
     (instruct models), "none" feeds the raw text (rollouts/prompt_format.py)."""
@@ -124,6 +130,8 @@ class TaskConfig:
                 self.reward_model_path, "a local directory with the CLIP model and aesthetic_head.safetensors")
         if self.type == "arithmetic":
             check_arithmetic(self)
+        require(self.max_terms >= 1, "task.max_terms", self.max_terms, "an int >= 1")
+        require(self.terms_exponent >= 0, "task.terms_exponent", self.terms_exponent, "a number >= 0")
         require(self.chat_template in ("auto", "none"), "task.chat_template", self.chat_template,
                 "'auto' (the tokenizer's chat template when it has one) or 'none' (raw text)")
         require(self.eval_size >= 1, "task.eval_size", self.eval_size, "an int >= 1")

@@ -27,13 +27,18 @@ def make_task(cfg: TrainConfig, model_path: str = "") -> Task:
                               prompt_template=t.template, answer_format=t.answer_format,
                               min_operand_b=None if t.min_operand_b < 0 else t.min_operand_b,
                               max_operand_b=None if t.max_operand_b < 0 else t.max_operand_b)
+    if t.type == "skip_count":
+        from rollouts.tasks.skip_count import SkipCountTask
+
+        return SkipCountTask(seed=t.seed, eval_size=t.eval_size, max_terms=t.max_terms, exponent=t.terms_exponent)
     if t.type == "image_prompts":
         from rollouts.image_rewards import make_image_reward
         from rollouts.tasks.image_prompts import ImagePromptTask, load_prompts
 
         return ImagePromptTask(load_prompts(t.path, model_path), make_image_reward(t.reward, t.reward_model_path),
                                t.eval_size)
-    raise ValueError(f"task.type: unknown task {t.type!r}; choose dataset, arithmetic, gsm8k or image_prompts")
+    raise ValueError(f"task.type: unknown task {t.type!r}; choose dataset, arithmetic, gsm8k, skip_count or "
+                     "image_prompts")
 
 
 def reward_settings(cfg: TrainConfig) -> RewardSettings:

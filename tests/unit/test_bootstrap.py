@@ -96,3 +96,43 @@ def test_greedy_helpers_cut_at_eos_and_handle_left_padding():
     assert batched == single
     ids, mask = bootstrap.encode_batch(tokenizer, prompts, pad_left=True)
     assert torch.equal(bootstrap.position_ids(mask)[0, -4:], torch.arange(4))
+
+
+def test_length_buckets_give_the_one_batch_gradient():
+    """A long-tailed batch run as length-sorted pieces: same mean token loss and gradient as one padded batch."""
+    from rollouts.tasks.skip_count import SkipCountTask
+
+    tokenizer = build_char_tokenizer()
+    size = TinyModelSize(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, max_position_embeddings=512)
+    samples = [SkipCountTask.problem(12, 7, 40), SkipCountTask.problem(3, 2, 180), SkipCountTask.problem(66, 17, 78),
+               SkipCountTask.problem(5, 3, 60), SkipCountTask.problem(9, 19, 500)]
+    grads, losses = [], []
+    for buckets in (1, 2, 3):
+        model = build_tiny_model(tokenizer, size, seed=0)
+        losses.append(float(bootstrap.sft_backward(model, tokenizer, samples, buckets, "\n", "answer")))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5) and losses[2] == pytest.approx(losses[0], rel=1e-5)
+    assert torch.allclose(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(grads[2], grads[0], rtol=1e-4, atol=1e-6)
+    # the pieces hold unequal token counts, so a plain mean of their losses would not be the batch's
+    model = build_tiny_model(tokenizer, size, seed=0)
+    ordered = sorted(samples, key=lambda s: len(s.prompt) + len(s.reference))
+    pieces = [bootstrap.sft_batch(tokenizer, ordered[i:i + 3], "\n") for i in (0, 3)]
+    plain = sum(float(model(input_ids=i, attention_mask=m, labels=labels).loss) for i, m, labels in pieces) / 2
+    assert abs(plain - losses[0]) > 1e-3
+
+
+def test_prompts_the_saved_tokenizer_reads_otherwise_are_refused_before_training(tmp_path):
+    """The saved tiny tokenizer loads as Qwen2's, which drops whitespace: such prompts would train one way and serve
+    another."""
+    from rollouts.tasks.base import Task, TaskSample
+
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(tokenizer, TINY, seed=0)
+    fine = Task(train=[TaskSample("a", "12_by_7_to_40:", "12")], eval=[TaskSample("b", "37+85=", "122")])
+    bootstrap.check_runtime_tokenizer(model, tokenizer, fine, tmp_path / "fine")
+    spaced = Task(train=[TaskSample("a", "12 by 7 to 40:", "12")], eval=[TaskSample("b", "37+85=", "122")])
+    with pytest.raises(ValueError, match="12 by 7 to 40"):
+        bootstrap.check_runtime_tokenizer(model, tokenizer, spaced, tmp_path / "spaced")
+    assert not (tmp_path / "spaced" / bootstrap.SETTINGS_FILE).exists()
