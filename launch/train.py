@@ -143,7 +143,9 @@ def calculator_demo_model(cfg: TrainConfig) -> Path:
                            transcript="calculator", **CALCULATOR_WARM_START)
 
 
-SKIP_COUNT_WARM_START = dict(target_accuracy=0.3, max_steps=6000, eval_every=50, length_buckets=8)
+# Measured (seed 0, one thread): held-out 0.16 at step 150 (~6 min), then 0.12-0.22 up to step 550 at the warm
+# start's constant learning rate: a longer warm start buys nothing, and a low start leaves RL the long answers.
+SKIP_COUNT_WARM_START = dict(target_accuracy=0.15, max_steps=6000, eval_every=50, length_buckets=8)
 
 
 def skip_count_demo_model(cfg: TrainConfig, out_dir: str | Path | None = None) -> Path:

@@ -52,7 +52,7 @@ RULES = (
     NotRead(("task.max_terms", "task.terms_exponent"), lambda c: c.task.type != "skip_count",
             "unless task.type=skip_count", "they shape skip_count's generated problems only"),
     NotRead(("task.prompt_template",), lambda c: c.task.type == "skip_count", "with task.type=skip_count",
-            "its prompts are always '12_by_7_to_40:'"),
+            "its prompts are always '40_down_by_7:'"),
     NotRead(("task.reward", "task.reward_model_path"), lambda c: c.task.type != "image_prompts",
             "unless task.type=image_prompts", "text tasks are scored by task.rewards (task.type=dataset)"),
     NotRead(("rollout.length_tail_sigma",), lambda c: not c.rollout.length_tail_median,

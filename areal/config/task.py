@@ -22,7 +22,7 @@ class TaskConfig:
     type: str = "arithmetic"
     """dataset (your rows, read with Hugging Face datasets, scored by task.rewards), arithmetic (generated problems,
     exact-answer reward), gsm8k (a dataset of "question"/"answer" rows with the Question/Answer template and
-    math_verify), skip_count (generated "12_by_7_to_40:" -> "12,19,26,33,40" problems whose answer lengths are
+    math_verify), skip_count (generated "40_down_by_7:" -> "40,33,26,19,12,5" problems whose answer lengths are
     long-tailed, exact-answer reward) or image_prompts (diffusion: prompts scored by an image reward)."""
     path: Any = ""
     """dataset/gsm8k: a .parquet, .jsonl, .json, .csv or .arrow file, a list of them, a directory written by
@@ -93,7 +93,7 @@ class TaskConfig:
     """arithmetic: how the reply is scored. exact: the reply, up to its end (newline or EOS), is the number and
     nothing else. last_number: the last integer in the reply is the answer ("The answer is 12." scores; a reply
     that runs out of tokens before the answer does not), for chat models that answer in sentences."""
-    max_terms: int = 64
+    max_terms: int = 48
     """skip_count: the most terms an answer has (a term is 1-4 digits and a comma)."""
     terms_exponent: float = 1.2
     """skip_count: the number of terms n of a problem is drawn with P(n) proportional to n^-terms_exponent on

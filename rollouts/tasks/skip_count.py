@@ -1,22 +1,26 @@
-"""Skip counting ("12_by_7_to_40:" -> "12,19,26,33,40"): a task whose correct answers are long-tailed by nature.
+"""Counting down ("40_down_by_7:" -> "40,33,26,19,12,5"): a task whose correct answers are long-tailed by nature.
 
 Reasoning models write answers of very different lengths within one batch, and that is where an
 asynchronous trainer differs from a synchronous one. This task has that shape without forcing any
-length: the answer lists every term of an arithmetic progression from a start by a step up to a
-limit, so its length is the number of terms, and the number of terms is drawn from a truncated
-power law ``P(n) ∝ n^-exponent`` on [1, max_terms]. With the defaults (exponent 1.2, 64 terms at
-most) a correct answer is 1 to 270 characters long, half of them under 25 (the tiny model's
-tokens are characters), and a batch of 16 prompts usually holds one of 150+.
+length: the answer lists every term from a start down by a step while it stays non-negative, so its
+length is the number of terms, and the number of terms is drawn from a truncated power law
+``P(n) ∝ n^-exponent`` on [1, max_terms]. With the defaults (exponent 1.2, 48 terms at most) a
+correct answer is 1 to 217 characters long, half of them 11 or fewer (the tiny model's tokens are
+characters), and a batch of 16 prompts usually holds one of 150.
 
-Each term is the previous one plus the step, and the answer ends when the next term would pass the
-limit: every step is local, so the tiny model learns it by supervised warm start (launch/bootstrap)
-and gets better at it under RL, while a long answer stays harder to get all right than a short one.
+Each term is the previous one less the step, and the answer ends after the first term smaller than
+the step: every step, the stop included, is local (a first version counted up to a limit: the tiny
+model could not learn when to stop, 79% of its warm start's answers ran to the token budget, and RL
+then learned to stop after one term on every problem). So the tiny model learns it by supervised
+warm start (launch/bootstrap) and gets better at it under RL, while a long answer stays harder to
+get all right than a short one.
 
-Problems: start in [1, 99], step in [2, 19], limit = last term + [0, step - 1]; drawn with a seeded
-RNG, duplicates skipped, the first ``holdout_fraction`` of the draw held out (``eval`` is its first
-``eval_size``), the rest ``train``: disjoint, and the same for the same seed and settings whatever
-``eval_size`` is. Scoring: the completion cut at its end marker (EOS or newline) must equal the
-reference exactly.
+Problems: step in [2, 49], start = (n - 1) * step + [0, step - 1] for the drawn n (start >= 1);
+drawn with a seeded RNG. The first ``holdout_fraction`` of the draw is held out (``eval`` is its first
+``eval_size``), the rest, less any problem also held out, is ``train``: disjoint, and the same for the
+same seed and settings whatever ``eval_size`` is. A problem may be drawn more than once: there are
+~1,200 problems of each length, and skipping repeats would thin out the short ones. Scoring: the
+completion cut at its end marker (EOS or newline) must equal the reference exactly.
 """
 
 from __future__ import annotations
@@ -28,11 +32,10 @@ import random
 from rollouts.tasks.arithmetic import cut_at_end_marker
 from rollouts.tasks.base import ScoredTask, TaskSample
 
-START = (1, 99)
-STEP = (2, 19)
-DRAWN = 40_000  # problems drawn per seed (the space holds millions)
+STEP = (2, 49)
+DRAWN = 40_000  # problems drawn per seed
 # underscores, not spaces: the tiny model's tokenizer, loaded as the Qwen2 tokenizer its config names, drops whitespace
-PROMPT = "{start}_by_{step}_to_{limit}:"
+PROMPT = "{start}_down_by_{step}:"
 
 
 def terms_cdf(max_terms: int, exponent: float) -> list[float]:
@@ -43,10 +46,10 @@ def terms_cdf(max_terms: int, exponent: float) -> list[float]:
 
 
 class SkipCountTask(ScoredTask):
-    """``start_by_step_to_limit:`` prompts; reward 1 for exactly the terms ``start, start+step, ... <= limit``."""
+    """``start_down_by_step:`` prompts; reward 1 for exactly the terms ``start, start-step, ... >= 0``."""
 
-    def __init__(self, seed: int = 0, eval_size: int = 200, max_terms: int = 64, exponent: float = 1.2,
-                 holdout_fraction: float = 0.1, train_size: int | None = None):
+    def __init__(self, seed: int = 0, eval_size: int = 200, max_terms: int = 48, exponent: float = 1.2,
+                 holdout_fraction: float = 0.02, train_size: int | None = None):
         if max_terms < 1:
             raise ValueError(f"SkipCountTask: max_terms must be >= 1, got {max_terms}")
         if exponent < 0:
@@ -55,15 +58,15 @@ class SkipCountTask(ScoredTask):
             raise ValueError(f"SkipCountTask: holdout_fraction must be in (0, 1), got {holdout_fraction}")
         self.max_terms, self.exponent = max_terms, exponent
         rng, cdf = random.Random(seed), terms_cdf(max_terms, exponent)
-        problems: dict[str, TaskSample] = {}
+        drawn = []
         for _ in range(DRAWN):
             terms = min(bisect.bisect_left(cdf, rng.random()) + 1, max_terms)
-            start, step = rng.randint(*START), rng.randint(*STEP)
-            sample = self.problem(start, step, start + (terms - 1) * step + rng.randrange(step))
-            problems.setdefault(sample.id, sample)
-        drawn = list(problems.values())
+            step = rng.randint(*STEP)
+            drawn.append(self.problem(max(1, (terms - 1) * step + rng.randrange(step)), step))
         pool = max(1, int(len(drawn) * holdout_fraction))
-        held_out, rest = drawn[:pool], drawn[pool:]
+        held_out = drawn[:pool]
+        unseen = {s.id for s in held_out}
+        rest = [s for s in drawn[pool:] if s.id not in unseen]
         train_size = len(rest) if train_size is None else train_size
         if not 1 <= eval_size <= len(held_out) or not 1 <= train_size <= len(rest):
             raise ValueError(f"SkipCountTask: eval_size={eval_size} must be in [1, {len(held_out)}] and "
@@ -71,17 +74,16 @@ class SkipCountTask(ScoredTask):
         super().__init__(train=rest[:train_size], eval=held_out[:eval_size])
 
     @staticmethod
-    def problem(start: int, step: int, limit: int) -> TaskSample:
-        """The sample counting from ``start`` by ``step`` up to ``limit`` (inclusive)."""
-        reference = ",".join(str(v) for v in range(start, limit + 1, step))
-        return TaskSample(id=f"{start}by{step}to{limit}", prompt=PROMPT.format(start=start, step=step, limit=limit),
-                          reference=reference)
+    def problem(start: int, step: int) -> TaskSample:
+        """The sample counting down from ``start`` by ``step`` to the last non-negative term."""
+        reference = ",".join(str(v) for v in range(start, -1, -step))
+        return TaskSample(id=f"{start}down{step}", prompt=PROMPT.format(start=start, step=step), reference=reference)
 
     @property
     def max_answer_chars(self) -> int:
         """Longest reference the problem space allows (sizes generation budgets)."""
-        start, step = START[1], STEP[1]
-        return len(self.problem(start, step, start + (self.max_terms - 1) * step + step - 1).reference)
+        step = STEP[1]
+        return len(self.problem((self.max_terms - 1) * step + step - 1, step).reference)
 
     def score(self, completion: str, sample: TaskSample) -> float:
         """1.0 if the completion, up to its end marker, is exactly the reference's terms; else 0.0."""

@@ -105,8 +105,8 @@ def test_length_buckets_give_the_one_batch_gradient():
     tokenizer = build_char_tokenizer()
     size = TinyModelSize(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                          num_key_value_heads=1, max_position_embeddings=512)
-    samples = [SkipCountTask.problem(12, 7, 40), SkipCountTask.problem(3, 2, 180), SkipCountTask.problem(66, 17, 78),
-               SkipCountTask.problem(5, 3, 60), SkipCountTask.problem(9, 19, 500)]
+    samples = [SkipCountTask.problem(40, 7), SkipCountTask.problem(180, 2), SkipCountTask.problem(5, 17),
+               SkipCountTask.problem(60, 3), SkipCountTask.problem(500, 19)]
     grads, losses = [], []
     for buckets in (1, 2, 3):
         model = build_tiny_model(tokenizer, size, seed=0)
@@ -130,9 +130,9 @@ def test_prompts_the_saved_tokenizer_reads_otherwise_are_refused_before_training
 
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(tokenizer, TINY, seed=0)
-    fine = Task(train=[TaskSample("a", "12_by_7_to_40:", "12")], eval=[TaskSample("b", "37+85=", "122")])
+    fine = Task(train=[TaskSample("a", "40_down_by_7:", "40")], eval=[TaskSample("b", "37+85=", "122")])
     bootstrap.check_runtime_tokenizer(model, tokenizer, fine, tmp_path / "fine")
-    spaced = Task(train=[TaskSample("a", "12 by 7 to 40:", "12")], eval=[TaskSample("b", "37+85=", "122")])
-    with pytest.raises(ValueError, match="12 by 7 to 40"):
+    spaced = Task(train=[TaskSample("a", "40 down by 7:", "40")], eval=[TaskSample("b", "37+85=", "122")])
+    with pytest.raises(ValueError, match="40 down by 7"):
         bootstrap.check_runtime_tokenizer(model, tokenizer, spaced, tmp_path / "spaced")
     assert not (tmp_path / "spaced" / bootstrap.SETTINGS_FILE).exists()
