@@ -178,6 +178,23 @@ def check_model_path(cfg: TrainConfig) -> None:
     if not (path / marker).is_file():
         raise FileNotFoundError(f"model_path = {cfg.model_path!r} has no {marker}; give {kind}, or leave "
                                 "model_path empty for the tiny demo model")
+    if not cfg.is_diffusion:
+        check_context_fits(cfg, path / marker)
+
+
+def check_context_fits(cfg: TrainConfig, config_json: Path) -> None:
+    """engine.max_model_len (prompt + rollout.max_new_tokens) within the positions the model was built for: vLLM
+    would refuse it only once Ray and the engine are up."""
+    import json
+
+    try:
+        positions = json.loads(config_json.read_text()).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return  # an unreadable config is the engine's to report, with the model's own words
+    if isinstance(positions, int) and cfg.engine.max_model_len > positions:
+        raise ValueError(f"engine.max_model_len = {cfg.engine.max_model_len} exceeds the {positions} positions of "
+                         f"{cfg.model_path} (max_position_embeddings): lower engine.max_model_len, with "
+                         "rollout.max_new_tokens below it")
 
 
 def check_task_files(cfg: TrainConfig) -> None:

@@ -55,6 +55,8 @@ def data(tmp_path_factory) -> Path:
     (root / "garbage.parquet").write_bytes(b"not a parquet file")
     (root / "empty.jsonl").write_text("")
     (root / "a_file").write_text("x")
+    (root / "short_model").mkdir()
+    (root / "short_model" / "config.json").write_text('{"model_type": "qwen2", "max_position_embeddings": 64}')
     (root / "my_envs.py").write_text("class Game:\n    pass\n")
     return root
 
@@ -85,6 +87,8 @@ CASES = {
     # files and models
     "model_missing": (["model_path={data}/no_model"], "model_path", "no such directory"),
     "model_not_a_model": (["model_path={data}"], "model_path", "config.json"),
+    "context_past_the_model": (["model_path={data}/short_model", "engine.max_model_len=128"], "engine.max_model_len",
+                               "max_position_embeddings"),
     "dataset_missing": (dataset("{data}/missing.parquet"), "task.path", "no such file"),
     "dataset_malformed": (dataset("{data}/garbage.parquet"), "task.path"),
     "dataset_wrong_column": (dataset("{data}/wrong_column.parquet"), "prompt", "task.prompt_key"),
