@@ -8,7 +8,7 @@ import sys
 
 from launch.cli_checks import pip_packages
 from launch.config_view import add_config_parser
-from launch.interrupts import RunInterrupted, stop_on_signals
+from launch.interrupts import as_run_interrupted, stop_on_signals
 
 TRAIN_HELP = """Run asynchronous RL locally on an embedded Ray (or on cluster.address).
 
@@ -85,9 +85,10 @@ def cmd_eval(args) -> int:
     setup_console(out, cfg.logging.verbose, holds="config.yaml, metrics.json, generations/")
     try:
         metrics = evaluate(cfg, step)
-    except RunInterrupted as exc:
+    except KeyboardInterrupt as caught:
+        exc = as_run_interrupted(caught)
         exc.resume_hint, exc.out_dir = "the evaluation did not finish; run the same command again", str(out)
-        raise
+        raise exc from None
     except (DatasetRowError, DatasetSourceError, RewardConfigError) as exc:
         return refused("eval", ConfigError(one_line(exc)), args.overrides)
     finally:
@@ -446,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run_command(args)
-    except RunInterrupted as exc:  # SIGTERM / Ctrl-C, at any moment: one line, exit 130
+    except KeyboardInterrupt as caught:  # SIGTERM / Ctrl-C, at any moment: one line, exit 130
+        exc = as_run_interrupted(caught)
         what = f"areal {args.command}" + (f" (out_dir={exc.out_dir})" if getattr(exc, "out_dir", "") else "")
         print(f"\n{what} {exc}: {exc.resume_hint or 'nothing was written; run the same command again'}",
               file=sys.stderr)

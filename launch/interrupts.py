@@ -18,6 +18,18 @@ class RunInterrupted(KeyboardInterrupt):
     resume_hint = ""
 
 
+_LAST_SIGNAL = ""
+
+
+def as_run_interrupted(exc: KeyboardInterrupt) -> RunInterrupted:
+    """``exc`` as the RunInterrupted it stands for: a signal that arrives while Ray's core waits (``ray.wait``,
+    ``ray.get``) runs the handler, but Ray replaces the handler's exception with a plain KeyboardInterrupt (seen:
+    Ctrl-C during a run's first evaluation printed a traceback instead of the one line)."""
+    if isinstance(exc, RunInterrupted):
+        return exc
+    return RunInterrupted(f"stopped by {_LAST_SIGNAL or 'SIGINT'}")
+
+
 def stop_on_signals() -> None:
     """SIGTERM (kill, Slurm's scancel, Kubernetes) and SIGINT raise ``RunInterrupted`` in the main thread, so the
     run shuts its actors and its embedded Ray down. Ray's core installs a handler for SIGTERM that aborts the
@@ -28,9 +40,11 @@ def stop_on_signals() -> None:
         return
 
     def handler(signum, frame):
+        global _LAST_SIGNAL
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        raise RunInterrupted(f"stopped by {signal.Signals(signum).name}")
+        _LAST_SIGNAL = signal.Signals(signum).name
+        raise RunInterrupted(f"stopped by {_LAST_SIGNAL}")
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

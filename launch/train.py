@@ -53,7 +53,7 @@ def init_ray(cfg: TrainConfig) -> bool:
     if ray.is_initialized():
         return False
     from launch.console import announce_ray
-    from launch.interrupts import RunInterrupted, stop_on_signals
+    from launch.interrupts import stop_on_signals
 
     # quiet console: workers' output stays in Ray's worker log files (announce_ray says where)
     try:
@@ -65,7 +65,7 @@ def init_ray(cfg: TrainConfig) -> bool:
                 num_cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, int(cpus_needed(cfg) + 0.999))
                 context = ray.init(num_cpus=num_cpus, include_dashboard=True,
                                    dashboard_host=cfg.cluster.dashboard_host, log_to_driver=cfg.logging.verbose)
-    except RunInterrupted:
+    except KeyboardInterrupt:
         ray.shutdown()  # the processes it had started would outlive this one
         raise
     finally:
@@ -273,7 +273,7 @@ def train(cfg: TrainConfig, resolved_yaml: str) -> dict:
 
     from actors.driver import Driver
     from launch.console import close_console, setup_console
-    from launch.interrupts import RunInterrupted, resume_hint
+    from launch.interrupts import as_run_interrupted, resume_hint
     from launch.run_dir import prepare_run_dir
     from launch.sinks import make_sinks
 
@@ -295,12 +295,13 @@ def train(cfg: TrainConfig, resolved_yaml: str) -> dict:
             raise
         discard = resume is None
         raise ConfigError(one_line(exc)) from None
-    except RunInterrupted as exc:
+    except KeyboardInterrupt as caught:
+        exc = as_run_interrupted(caught)
         discard = resume is None and not training
         exc.resume_hint = resume_hint(cfg.out_dir, cfg.checkpoint.keep_last, started=not discard)
         exc.out_dir = cfg.out_dir
         log.error("%s; shutting the run down (%s)", exc, exc.resume_hint)
-        raise
+        raise exc from None
     finally:
         if driver is not None:
             driver.shutdown()
