@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.provenance import provenance, write_results  # noqa: E402
-from bench.training_run import QUIET  # noqa: E402
+from bench.training_run import QUIET, steady_steps  # noqa: E402
 
 BREAKDOWN = ("learner/step_seconds", "learner/proximal_seconds", "learner/forward_backward_seconds",
              "learner/optimizer_seconds", "rollout/engine_seconds_mean")
@@ -45,13 +45,8 @@ def run_arm(tree: Path, out_dir: Path, overrides: list[str]) -> list[dict]:
 
 def summarize(rows: list[dict]) -> dict:
     evals = [(int(r["step"]), r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
-    trained = [r for r in rows if "learner/step_seconds" in r]
-    steady = trained[5:] or trained  # the first steps include engine warm-up
-    per_step = (steady[-1]["time"] - steady[0]["time"] - sum(r.get("eval/seconds", 0.0) for r in steady[1:])) / \
-        max(len(steady) - 1, 1)
-    return {"evals": evals, "seconds_per_step": per_step,
-            "breakdown": {k: statistics.median(r[k] for r in steady if k in r)
-                          for k in BREAKDOWN if any(k in r for r in steady)}}
+    _, per_step, breakdown = steady_steps(rows, BREAKDOWN)
+    return {"evals": evals, "seconds_per_step": per_step, "breakdown": breakdown}
 
 
 def to_markdown(result: dict) -> str:

@@ -24,3 +24,16 @@ def train_and_read(overrides: list[str], out_dir: Path):
     summary = train(cfg, resolved)
     rows = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
     return cfg, summary, rows
+
+
+def steady_steps(rows: list[dict], keys) -> tuple[list[dict], float, dict]:
+    """(steady trained rows, wall seconds per steady step less evaluations, median of each of ``keys`` present):
+    the first five steps are left out, they include the engine's warm-up."""
+    import statistics
+
+    trained = [r for r in rows if "learner/step_seconds" in r]
+    steady = trained[5:] or trained
+    per_step = (steady[-1]["time"] - steady[0]["time"] - sum(r.get("eval/seconds", 0.0) for r in steady[1:])) / \
+        max(len(steady) - 1, 1)
+    medians = {k: statistics.median(r[k] for r in steady if k in r) for k in keys if any(k in r for r in steady)}
+    return steady, per_step, medians

@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.provenance import provenance, write_results  # noqa: E402
-from bench.training_run import train_and_read  # noqa: E402
+from bench.training_run import steady_steps, train_and_read  # noqa: E402
 
 # arith_tiny: the level TRL reached in ~110 s when this comparison was first made (issue 16)
 TARGETS = {"arith_tiny": 0.77, "longtail_tiny": 0.6}
@@ -104,11 +104,7 @@ def run_areal(preset: str, model: str, args, steps: int, sync: bool) -> dict:
     wall = time.perf_counter() - begun
     evals = areal_clock(rows, "eval/accuracy")
     trained = [r for r in rows if "learner/step_seconds" in r]
-    steady = trained[5:] or trained  # the first steps include engine warm-up
-    per_step = (steady[-1]["time"] - steady[0]["time"] - sum(r.get("eval/seconds", 0.0) for r in steady[1:])) / \
-        max(len(steady) - 1, 1)
-    breakdown = {key: statistics.median(r[key] for r in steady if key in r)
-                 for key in BREAKDOWN if any(key in r for r in steady)}
+    steady, per_step, breakdown = steady_steps(rows, BREAKDOWN)
     return summarize(ARMS[name], evals, TARGETS[preset], seconds_per_step=per_step, wall_seconds_total=wall,
                      startup_seconds=wall - summary["seconds"], train_seconds=evals[-1][1],
                      effective_tokens_per_s=sum(r["learner/tokens"] for r in trained) / evals[-1][1],
