@@ -181,7 +181,9 @@ def check_runtime_tokenizer(model, tokenizer, task: Task, out_dir: Path) -> None
     """
     from transformers import AutoTokenizer
 
-    save_model(model, tokenizer, out_dir)  # bootstrap.json is not written: the folder is no cache yet
+    # what AutoTokenizer reads (the config names the tokenizer class); weights and bootstrap.json come at the end
+    model.config.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
     loaded = AutoTokenizer.from_pretrained(out_dir)
     for sample in (*task.eval, *task.train):
         if loaded.encode(sample.prompt) != tokenizer.encode(sample.prompt):
