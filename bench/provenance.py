@@ -11,6 +11,19 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# a result of uncommitted code lands here instead of RESULTS (kept, not recorded; gitignored via runs/)
+UNRECORDED = RESULTS.parents[1] / "runs" / "bench_unrecorded"
+ALLOW_DIRTY = "AREAL_BENCH_ALLOW_DIRTY"
+# the code a result depends on; bench/results itself and docs do not change a number
+CODE_DIRS = ("areal", "actors", "learners", "rollouts", "launch", "bench", "configs", "pyproject.toml")
+
+
+def uncommitted_changes(root: Path = RESULTS.parents[1]) -> list[str]:
+    """Paths of the code under ``root`` that differ from its commit (new files included)."""
+    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *CODE_DIRS,
+                          ":(exclude)bench/results"],
+                         capture_output=True, text=True, cwd=root, timeout=10, check=True).stdout
+    return [line[3:] for line in out.splitlines() if line.strip()]
 
 
 def provenance(workload: str, hardware_note: str = "CPU only") -> dict[str, str]:
@@ -19,10 +32,7 @@ def provenance(workload: str, hardware_note: str = "CPU only") -> dict[str, str]
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=RESULTS.parent, timeout=10).stdout.strip() or "unknown"
         # results of uncommitted code say so: the commit alone would not reproduce them
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "areal", "actors",
-                                  "learners", "rollouts", "launch", "bench", "configs"],
-                                 capture_output=True, text=True, cwd=RESULTS.parents[1], timeout=10).stdout.strip()
-        if changed:
+        if uncommitted_changes():
             commit += "-dirty"
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
@@ -35,9 +45,22 @@ def provenance(workload: str, hardware_note: str = "CPU only") -> dict[str, str]
     }
 
 
-def write_results(stem: str, result: dict, markdown: str) -> None:
-    """bench/results/<stem>.json and .md, and the table on stdout."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"{stem}.md").write_text(markdown)
+def write_results(stem: str, result: dict, markdown: str, results: Path = RESULTS,
+                  unrecorded: Path = UNRECORDED) -> None:
+    """bench/results/<stem>.json and .md, and the table on stdout.
+
+    A result measured on uncommitted code is not recorded: its commit would not reproduce it. It is
+    kept under ``unrecorded`` (nothing measured is lost) and the run ends with the fix, unless
+    AREAL_BENCH_ALLOW_DIRTY=1 says to record it anyway (its commit then reads ``<sha>-dirty``).
+    """
+    dirty = str(result.get("setup", {}).get("commit", "")).endswith("-dirty")
+    target = unrecorded if dirty and os.environ.get(ALLOW_DIRTY) != "1" else results
+    target.mkdir(parents=True, exist_ok=True)
+    (target / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (target / f"{stem}.md").write_text(markdown)
     print(markdown)
+    if target != results:
+        raise SystemExit(
+            f"bench: not recorded in {results}: measured on uncommitted code (git status shows changes under "
+            f"{', '.join(CODE_DIRS)}), so its commit would not reproduce it. Kept at {target / stem}.json/.md. "
+            f"Commit and rerun, or set {ALLOW_DIRTY}=1 to record it marked -dirty.")
