@@ -205,51 +205,76 @@ class LMLearner(DeepSpeedLearner):
         # minibatch's update runs on exactly those weights, so its own forward pass yields the proximal log-probs
         # of its rows (detached, in train_minibatch); a separate pass is needed only for the later minibatches'
         # rows. With one minibatch per step (the default) that pass, a quarter of the step, disappears.
-        later = torch.cat(parts[1:]) if len(parts) > 1 else None
+        reference = self.reference_logprobs(batch) if self.kl_reference is not None else None
+        advantages = batch.advantages.to(self.device)
+        if reference is not None and self.algo.kl_in == "reward":
+            advantages = kl_in_reward(advantages, behavior, reference, mask, self.algo.kl_coef)
+        runs = [self.rows_to_run(part, advantages, mask) for part in parts]
+        later = torch.cat(runs[1:]) if len(runs) > 1 else None
         if not self.algo.decoupled:
             proximal = behavior
         elif later is not None:
             proximal = self.batch_logprobs(batch, later)
         else:
             proximal = torch.zeros_like(behavior)
-        reference = self.reference_logprobs(batch) if self.kl_reference is not None else None
-        advantages = batch.advantages.to(self.device)
-        if reference is not None and self.algo.kl_in == "reward":
-            advantages = kl_in_reward(advantages, behavior, reference, mask, self.algo.kl_coef)
         proximal_seconds = time.perf_counter() - start
 
         # Stage 2: clipped decoupled objective, one optimizer step per minibatch.
         stats: dict[str, list[float]] = {}
         forwards = {"tokens": 0, "positions": 0, "count": 0}
         inputs = (proximal, behavior if self.algo.decoupled else proximal, advantages, mask, reference)
-        for index, part in enumerate(parts):
+        for index, (part, run) in enumerate(zip(parts, runs)):
             began = time.perf_counter()
-            self.train_minibatch(batch, part, inputs, stats, forwards, own_proximal=index == 0 and self.algo.decoupled)
+            self.train_minibatch(batch, part, inputs, stats, forwards, own_proximal=index == 0 and self.algo.decoupled,
+                                 run=run)
             stats.setdefault("forward_backward_seconds", []).append(time.perf_counter() - began)
             self.optimizer_step(stats)
-        mismatch = ((behavior - proximal) * mask).sum() / mask.sum().clamp_min(1)
+        ran = mask[torch.cat(runs).to(self.device)]
+        mismatch = ((behavior - proximal)[torch.cat(runs).to(self.device)] * ran).sum() / ran.sum().clamp_min(1)
         return self.finish_update(stats, start, {
             "learner/behavior_proximal_kl": float(mismatch),
             "learner/tokens": float(mask.sum()),
+            "learner/skipped_fraction": 1.0 - sum(len(r) for r in runs) / max(sum(len(p) for p in parts), 1),
             "learner/proximal_seconds": proximal_seconds,
             "learner/micro_batches": float(forwards["count"]),
             "learner/padding_fraction": 1.0 - forwards["tokens"] / max(forwards["positions"], 1),
         })
 
+    def rows_to_run(self, part: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The rows of ``part`` whose gradient can be nonzero (``learner.skip_zero_advantage``).
+
+        Without an entropy bonus or a KL term in the loss, a sequence's loss is its advantage times a bounded
+        factor at every token (clipped ratio, behaviour weight), so a sequence whose scored tokens all have
+        advantage 0 (every sample of its group scored alike, with ``algo.filter_zero_variance=false``) adds
+        exactly nothing to the gradient. Its forward and backward are skipped; its tokens and its sequence still
+        count in the aggregation's denominators, so the update is the one over the whole minibatch. At least one
+        row runs (its gradient is zero too), so each minibatch takes its forward, backward and optimizer step.
+        """
+        exact = (self.cfg.skip_zero_advantage and not self.algo.entropy_coef
+                 and not (self.kl_reference is not None and self.algo.kl_in == "loss"))
+        if not exact:
+            return part
+        rows = part.to(advantages.device)
+        live = ((advantages[rows] != 0) & (mask[rows] != 0)).any(dim=-1)
+        return part[live.cpu()] if bool(live.any()) else part[:1]
+
     def train_minibatch(self, batch: TrainBatch, part: torch.Tensor, inputs: tuple, stats: dict, forwards: dict,
-                        own_proximal: bool = False):
-        """Backward passes over ``part``'s micro-batches. Each loss is aggregated (``algo.loss_agg``) over the
-        whole minibatch's counts, on every rank (``minibatch_totals``), so the accumulated and combined gradient
-        is the minibatch's however it is split (ALGORITHMS.md §6). ``own_proximal``: the weights have not moved
-        since the step began, so each micro-batch's detached log-probs are its proximal ones (written into
-        ``inputs``' proximal tensor)."""
+                        own_proximal: bool = False, run: torch.Tensor | None = None):
+        """Backward passes over the micro-batches of ``run`` (default: all of ``part``; ``rows_to_run``). Each
+        loss is aggregated (``algo.loss_agg``) over the whole minibatch ``part``'s counts, on every rank
+        (``minibatch_totals``), so the accumulated and combined gradient is the minibatch's however it is split
+        (ALGORITHMS.md §6). The logged statistics are means over the tokens that ran. ``own_proximal``: the
+        weights have not moved since the step began, so each micro-batch's detached log-probs are its proximal
+        ones (written into ``inputs``' proximal tensor)."""
         proximal, behavior, advantages, mask, reference = inputs
         totals = self.minibatch_totals(mask[part.to(self.device)])
+        run = part if run is None else run
+        logged = totals if len(run) == len(part) else self.minibatch_totals(mask[run.to(self.device)])
         # the ranks' gradients are averaged: each rank's share of the minibatch's loss counts world_size times
         scale = float(self.rdv.world_size)
         bonus = self.algo.entropy_coef
         sums = dict.fromkeys(("loss", "entropy") + PPO_STATS + (("kl_ref",) if reference is not None else ()), 0.0)
-        for mb in self.micro_batches(batch, part):
+        for mb in self.micro_batches(batch, run):
             rows = mb.rows.to(self.device)
             current, entropy = self.logprobs_entropy(mb, mask.shape[1], entropy_grad=bool(bonus))
             if own_proximal:
@@ -266,16 +291,16 @@ class LMLearner(DeepSpeedLearner):
                 loss_agg=self.algo.loss_agg,
                 totals=totals,
             )
-            mean_entropy = aggregate(entropy, mask[rows], "token-mean", totals)
+            mean_entropy = aggregate(entropy, mask[rows], "token-mean", logged)
             if bonus:
                 loss = loss - bonus * aggregate(entropy, mask[rows], self.algo.loss_agg, totals)
             if reference is not None:
                 kl = kl_penalty(current, reference[rows], self.algo.kl_estimator)
-                sums["kl_ref"] += float(aggregate(kl.detach(), mask[rows], "token-mean", totals)) * mb.weight * scale
+                sums["kl_ref"] += float(aggregate(kl.detach(), mask[rows], "token-mean", logged)) * mb.weight * scale
                 if self.algo.kl_in == "loss":
                     loss = loss + self.algo.kl_coef * aggregate(kl, mask[rows], self.algo.loss_agg, totals)
             self.engine.backward(loss * (scale * mb.weight))
-            share = float(mask[rows].sum()) / max(totals.tokens, 1.0) * mb.weight  # stats: means over mb's tokens
+            share = float(mask[rows].sum()) / max(logged.tokens, 1.0) * mb.weight  # stats: means over mb's tokens
             sums["loss"] += float(loss.detach()) * mb.weight * scale
             sums["entropy"] += float(mean_entropy.detach()) * mb.weight * scale
             for key in PPO_STATS:

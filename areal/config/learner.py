@@ -104,6 +104,12 @@ class LearnerConfig:
     """The LM head and log-softmax run over this many tokens at a time and are recomputed in backward, so
     [tokens, vocab] logits never exist beyond one chunk. 0 = all logits at once (with packing=false: the
     full-logits path over padded rows, kept as the reference)."""
+    skip_zero_advantage: bool = True
+    """Skip the forward and backward of sequences whose advantage is 0 at every token (a group whose samples all
+    scored alike, kept with algo.filter_zero_variance=false): with no entropy bonus and no KL in the loss their
+    gradient is exactly 0, and their tokens still count in the loss's denominators, so the update is unchanged.
+    learner/skipped_fraction says how many were skipped; learner/entropy and the PPO statistics are then means
+    over the sequences that ran."""
     gradient_checkpointing: bool = False
     """Recompute each layer's activations in backward instead of keeping them (transformers' / diffusers'
     gradient checkpointing): about a third more compute for a fraction of the activation memory."""
