@@ -40,9 +40,11 @@ sys.path.insert(0, str(ROOT))
 from bench.provenance import provenance, write_results  # noqa: E402
 from bench.training_run import steady_steps, train_and_read  # noqa: E402
 
-# arith_tiny: the level TRL reached in ~110 s when this comparison was first made (issue 16)
-TARGETS = {"arith_tiny": 0.77, "longtail_tiny": 0.6}
-STEPS = {"arith_tiny": 150, "longtail_tiny": 60}
+# arith_tiny: the level TRL reached in ~110 s when this comparison was first made (issue 16). longtail_tiny:
+# from its warm start's 0.215 the tiny model climbs to ~0.28 in 10 steps and plateaus near 0.29 (every arm alike,
+# TRL included): the target is the climb, read at the first evaluations
+TARGETS = {"arith_tiny": 0.77, "longtail_tiny": 0.27}
+STEPS = {"arith_tiny": 150, "longtail_tiny": 40}
 ARMS = {"trl": "TRL GRPOTrainer (generate)", "trl_vllm": "TRL GRPOTrainer (vLLM colocate)",
         "areal_sync": "areal synchronous (max_staleness=0)", "areal": "areal (asynchronous, defaults)"}
 BREAKDOWN = ("learner/step_seconds", "learner/proximal_seconds", "learner/forward_backward_seconds",
