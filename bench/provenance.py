@@ -26,16 +26,31 @@ def uncommitted_changes(root: Path = RESULTS.parents[1]) -> list[str]:
     return [line[3:] for line in out.splitlines() if line.strip()]
 
 
-def provenance(workload: str, hardware_note: str = "CPU only") -> dict[str, str]:
-    """The ``setup`` block of a result: how to reproduce it and where it ran."""
+def tree_state(root: Path = RESULTS.parents[1]) -> tuple[str, bool]:
+    """(short commit of HEAD, whether the code differs from it); ("unknown", False) outside a git checkout."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=RESULTS.parent, timeout=10).stdout.strip() or "unknown"
-        # results of uncommitted code say so: the commit alone would not reproduce them
-        if uncommitted_changes():
-            commit += "-dirty"
+                                cwd=root, timeout=10).stdout.strip() or "unknown"
+        return commit, bool(uncommitted_changes(root))
     except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
+        return "unknown", False
+
+
+# A benchmark runs the code of the moment it started (workers it starts later import it too), so the tree is
+# read when the benchmark imports this module, before its long runs, and again when it writes its result.
+AT_START = tree_state()
+
+
+def commit_of_run(start: tuple[str, bool], end: tuple[str, bool]) -> str:
+    """The commit that reproduces a run, ``-dirty`` when none does: uncommitted changes at its start or end, or
+    a commit made while it ran (part of it may have run the newer code)."""
+    (commit, dirty), (later, dirty_later) = start, end
+    return commit + ("-dirty" if dirty or dirty_later or later != commit else "")
+
+
+def provenance(workload: str, hardware_note: str = "CPU only") -> dict[str, str]:
+    """The ``setup`` block of a result: how to reproduce it and where it ran."""
+    commit = commit_of_run(AT_START, tree_state())
     return {
         "command": "python bench/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "commit": commit,

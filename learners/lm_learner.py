@@ -240,6 +240,11 @@ class LMLearner(DeepSpeedLearner):
             "learner/padding_fraction": 1.0 - forwards["tokens"] / max(forwards["positions"], 1),
         })
 
+    def skips_zero_advantage(self) -> bool:
+        """Whether a zero advantage means a zero gradient here: no entropy bonus and no KL term in the loss."""
+        return (self.cfg.skip_zero_advantage and not self.algo.entropy_coef
+                and not (self.kl_reference is not None and self.algo.kl_in == "loss"))
+
     def rows_to_run(self, part: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The rows of ``part`` whose gradient can be nonzero (``learner.skip_zero_advantage``).
 
@@ -250,9 +255,7 @@ class LMLearner(DeepSpeedLearner):
         count in the aggregation's denominators, so the update is the one over the whole minibatch. At least one
         row runs (its gradient is zero too), so each minibatch takes its forward, backward and optimizer step.
         """
-        exact = (self.cfg.skip_zero_advantage and not self.algo.entropy_coef
-                 and not (self.kl_reference is not None and self.algo.kl_in == "loss"))
-        if not exact:
+        if not self.skips_zero_advantage():
             return part
         rows = part.to(advantages.device)
         live = ((advantages[rows] != 0) & (mask[rows] != 0)).any(dim=-1)
@@ -269,7 +272,8 @@ class LMLearner(DeepSpeedLearner):
         proximal, behavior, advantages, mask, reference = inputs
         totals = self.minibatch_totals(mask[part.to(self.device)])
         run = part if run is None else run
-        logged = totals if len(run) == len(part) else self.minibatch_totals(mask[run.to(self.device)])
+        # the same collectives on every rank: whether this rank skipped anything must not decide them
+        logged = self.minibatch_totals(mask[run.to(self.device)]) if self.skips_zero_advantage() else totals
         # the ranks' gradients are averaged: each rank's share of the minibatch's loss counts world_size times
         scale = float(self.rdv.world_size)
         bonus = self.algo.entropy_coef

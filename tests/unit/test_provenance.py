@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench.provenance import ALLOW_DIRTY, uncommitted_changes, write_results  # noqa: E402
+from bench.provenance import ALLOW_DIRTY, commit_of_run, uncommitted_changes, write_results  # noqa: E402
 
 
 def _result(commit: str) -> dict:
@@ -57,3 +57,11 @@ def test_changes_to_code_count_and_to_results_or_docs_do_not(tmp_path):
     (tmp_path / "rollouts").mkdir()
     (tmp_path / "rollouts/new.py").write_text("new\n")
     assert sorted(uncommitted_changes(tmp_path)) == ["areal/a.py", "rollouts/new.py"]
+
+
+def test_a_run_is_reproduced_by_its_commit_only_if_the_tree_was_clean_and_unmoved_throughout():
+    assert commit_of_run(("abc1234", False), ("abc1234", False)) == "abc1234"
+    assert commit_of_run(("abc1234", True), ("abc1234", False)) == "abc1234-dirty"
+    assert commit_of_run(("abc1234", False), ("abc1234", True)) == "abc1234-dirty"
+    # committed mid-run: the later part may have run the newer code
+    assert commit_of_run(("abc1234", False), ("def5678", False)) == "abc1234-dirty"
