@@ -135,9 +135,7 @@ def fmt_reach(reach) -> str:
 
 
 def ratio(a: dict, b: dict, key: str = "reach_target") -> str:
-    """How many times sooner ``a`` reached the level of ``key`` than ``b``."""
-    if not a.get(key):
-        return "- (not reached)"
+    """How many times sooner ``a`` reached the level of ``key`` than ``b`` (``a`` reached it)."""
     if not b.get(key):
         return f"> {b['train_seconds'] / a[key][1]:.1f}x (not reached in {b['train_seconds']:.0f} s)"
     return f"{b[key][1] / a[key][1]:.2f}x"
@@ -172,6 +170,9 @@ def preset_markdown(preset: str, block: dict) -> list[str]:
         trls = [by[k] for k in ("trl", "trl_vllm") if k in by and "error" not in by[k]]
         for key, level in (("reach_target", f"{block['target']}"), ("reach_plus_20", "start + 0.20")):
             faster_trl = min(trls, key=lambda a: a[key][1] if a[key] else float("inf"), default=None)
+            if not by["areal"].get(key):
+                lines.append(f"- areal did not reach {level} in {block['steps']} steps")
+                continue
             if faster_trl:
                 lines.append(f"- areal reached {level} {ratio(by['areal'], faster_trl, key)} sooner than the faster "
                              f"TRL mode ({faster_trl['system']})")
