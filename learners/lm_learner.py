@@ -229,8 +229,8 @@ class LMLearner(DeepSpeedLearner):
                                  run=run)
             stats.setdefault("forward_backward_seconds", []).append(time.perf_counter() - began)
             self.optimizer_step(stats)
-        ran = mask[torch.cat(runs).to(self.device)]
-        mismatch = ((behavior - proximal)[torch.cat(runs).to(self.device)] * ran).sum() / ran.sum().clamp_min(1)
+        ran = torch.cat(runs).to(self.device)
+        mismatch = ((behavior - proximal)[ran] * mask[ran]).sum() / mask[ran].sum().clamp_min(1)
         return self.finish_update(stats, start, {
             "learner/behavior_proximal_kl": float(mismatch),
             "learner/tokens": float(mask.sum()),
